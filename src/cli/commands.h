@@ -1,0 +1,19 @@
+// The subcommands of the `stquant` executable. Each lives in its own <name>_command.cc and adds
+// itself to the CLI11 app; main.cc only registers them, parses, and reports the outcome.
+//
+// Contract of a Register function: it adds one subcommand whose callback runs the command and
+// stores its outcome in *status (left OK on success). main() prints a non-OK status as
+// "stquant: error: <message>" and exits with Status::ExitCode(). Commands print their own
+// normal output to stdout and never throw.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include "stquant/status.h"
+
+namespace stquant::cli {
+
+// stquant inspect PATH [--json]
+void RegisterInspectCommand(CLI::App& app, Status* status);
+
+}  // namespace stquant::cli
