@@ -17,13 +17,20 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "stquant/dtype.h"
 #include "stquant/status.h"
+
+namespace stquant::util {
+class MappedFile;
+}  // namespace stquant::util
 
 namespace stquant::safetensors {
 
@@ -41,17 +48,27 @@ struct TensorInfo {
   int64_t num_elements() const;  // product of shape (validated not to overflow)
 };
 
+// Thread safety: after Open, every const method may be called from any number of threads.
 class Reader {
  public:
-  // Opens and validates `path`. Errors name the file and, where one is involved, the tensor.
+  // Opens and validates `path`: reads the 8-byte length and the header only (no tensor data).
+  // Errors: IoError when the OS fails (open, read); InvalidInput, one line "<path>: <rule>", for a
+  // malformed file, naming the tensor where one is involved (docs/safetensors.md lists them all).
   static Result<std::unique_ptr<Reader>> Open(const std::string& path);
   // Validates a header held in memory (the JSON text, without the 8-byte length) against a data
-  // section of `data_bytes` bytes. Used by Open and by the fuzzer.
+  // section of `data_bytes` bytes. Used by Open and by the fuzzer. Any byte string is safe input.
+  // Errors are InvalidInput. When several rules are broken the first one found is reported:
+  // file-level rules, then tensor entries in name order (byte order), then overlaps in offset
+  // order.
   struct Header {
-    std::vector<TensorInfo> tensors;  // in the order of their data offsets
+    std::vector<TensorInfo> tensors;  // sorted by (begin, end, name): the order of the data
+    // nullopt when "__metadata__" is absent or null (MLX writes null); else its string map.
     std::optional<std::map<std::string, std::string>> metadata;
-    std::vector<std::string> warnings;  // e.g. gaps between tensors (accepted)
+    // Accepted oddities, one line each, naming the file: gaps between tensors and trailing bytes
+    // after the last one (at most kMaxGapWarnings gap lines, then one summary line).
+    std::vector<std::string> warnings;
   };
+  static constexpr size_t kMaxGapWarnings = 8;
   static Result<Header> ParseHeader(std::string_view json, uint64_t data_bytes,
                                     const std::string& path_for_messages);
 
@@ -65,26 +82,36 @@ class Reader {
   const std::vector<TensorInfo>& tensors() const { return header_.tensors; }
   const std::optional<std::map<std::string, std::string>>& metadata() const { return header_.metadata; }
   const std::vector<std::string>& warnings() const { return header_.warnings; }
-  // nullptr when absent.
+  // nullptr when absent. O(1).
   const TensorInfo* Find(std::string_view name) const;
 
   // Copies bytes [offset, offset + dst.size()) of the tensor's data into dst (pread, retried on
-  // EINTR and short reads). REQUIRES: offset + dst.size() <= tensor.nbytes().
+  // EINTR and short reads). REQUIRES: offset + dst.size() <= tensor.nbytes(), else
+  // InvalidArgument; `tensor` comes from this Reader (a range outside the data section is
+  // refused). IoError when the file shrank since Open.
   Status Read(const TensorInfo& tensor, uint64_t offset, std::span<uint8_t> dst) const;
   // A zero-copy view of the tensor's bytes through a read-only mmap of the whole file, mapped on
-  // first use. The view lives as long as the Reader.
+  // first use (once, thread-safe). The view lives as long as the Reader. A file truncated by
+  // someone else after mapping raises SIGBUS on access: map only files that are not being written.
+  // A 0-byte tensor gives an empty span without mapping anything.
   Result<std::span<const uint8_t>> View(const TensorInfo& tensor) const;
-  // Sequential-read hint for the byte range of a tensor (posix_fadvise WILLNEED).
+  // Sequential-read hint for the byte range of a tensor (posix_fadvise WILLNEED); best effort.
   void Prefetch(const TensorInfo& tensor) const;
 
  private:
   Reader() = default;
+  // InvalidArgument unless [begin, end) of `tensor` lies inside this file's data section.
+  Status CheckRange(const TensorInfo& tensor) const;
+
   std::string path_;
   int fd_ = -1;
   uint64_t file_size_ = 0;
   uint64_t data_offset_ = 0;
   Header header_;
-  mutable const uint8_t* map_ = nullptr;
+  std::unordered_map<std::string_view, size_t> by_name_;  // views into header_.tensors names
+  mutable std::once_flag map_once_;
+  mutable std::unique_ptr<util::MappedFile> map_;  // set by the first View
+  mutable Status map_status_;                      // why mapping failed, if it did
 };
 
 struct TensorDecl {
@@ -93,6 +120,11 @@ struct TensorDecl {
   std::vector<int64_t> shape;
 };
 
+struct WriterState;
+
+// Thread safety: WriteTensorData and AppendTensorData may be called from several threads at once
+// (for disjoint ranges; AppendTensorData on one tensor from one thread at a time, else the order
+// of the pieces is undefined). Create, Commit and the destructor must not overlap other calls.
 class Writer {
  public:
   // Creates a temp file beside `path` and writes the header: compact JSON, keys sorted,
@@ -115,26 +147,29 @@ class Writer {
   uint64_t file_size() const { return data_offset_ + data_bytes_; }
 
   // Writes bytes at `offset` inside tensor `index`'s data (pwrite). Thread-safe for disjoint
-  // ranges. Each byte must be written exactly once before Commit().
+  // ranges. Each byte must be written exactly once before Commit(): a range that overlaps one
+  // already written, or that runs past the tensor, is refused with InvalidArgument before
+  // anything is written. An empty `bytes` is a no-op. After an I/O error the writer is failed:
+  // later writes and Commit return that first error.
   Status WriteTensorData(size_t index, uint64_t offset, std::span<const uint8_t> bytes);
-  // Appends to the tensor's data after what this call wrote before (sequential streaming).
+  // Appends to the tensor's data after what this call wrote before (sequential streaming); the
+  // append cursor starts at 0 and is independent of WriteTensorData.
   Status AppendTensorData(size_t index, std::span<const uint8_t> bytes);
 
-  // Checks that every tensor is complete, fsyncs, renames onto `path`, fsyncs the directory.
+  // Checks that every byte of every tensor was written (InvalidArgument naming the first
+  // incomplete tensor otherwise; the temp file stays until destruction), then fsyncs, renames onto
+  // `path` and fsyncs the directory. Any failure after the completeness check removes the temp
+  // file. May succeed once; later calls fail.
   Status Commit();
 
  private:
   Writer() = default;
   std::string path_;
-  std::string temp_path_;
-  int fd_ = -1;
   bool committed_ = false;
-  uint64_t data_offset_ = 0;
+  uint64_t data_offset_ = 0;  // 8 + padded header length
   uint64_t data_bytes_ = 0;
   std::vector<TensorInfo> tensors_;
-  std::vector<uint64_t> written_;   // bytes written per tensor (atomic adds under mutex)
-  std::vector<uint64_t> appended_;  // append cursor per tensor
-  std::unique_ptr<struct WriterSync> sync_;
+  std::unique_ptr<WriterState> state_;  // the temp file, written ranges, name index (writer.cc)
 };
 
 }  // namespace stquant::safetensors

@@ -1,0 +1,297 @@
+// Reader::ParseHeader: the strict validation of a safetensors JSON header. Every rule has its own
+// message, listed with its reason in docs/safetensors.md; keep the two in step.
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <limits>
+#include <new>
+#include <nlohmann/json.hpp>
+#include <unordered_set>
+#include <utility>
+#include <vector>
+
+#include "safetensors/format.h"
+#include "stquant/safetensors.h"
+
+namespace stquant::safetensors {
+
+namespace {
+
+using nlohmann::json;
+using internal::Printable;
+
+constexpr std::string_view kMetadataKey = "__metadata__";
+
+// Thrown from the parser callback to stop at the first duplicate key; caught in ParseStrictJson.
+struct DuplicateKey {
+  std::string message;
+};
+
+// One open JSON container while parsing: the key it sits under and, for objects, its keys so far.
+struct OpenContainer {
+  std::string name;  // key in the parent object; "" inside an array and for the root
+  std::string last_key;
+  std::unordered_set<std::string> keys;
+};
+
+// The message for a duplicate `key` in the innermost of `open` (root first).
+std::string DuplicateKeyMessage(const std::vector<OpenContainer>& open, const std::string& key) {
+  if (open.size() == 1) {
+    return key == kMetadataKey ? "duplicate key '__metadata__'"
+                               : fmt::format("duplicate tensor name '{}'", Printable(key));
+  }
+  const std::string where = open[1].name == kMetadataKey ? std::string("__metadata__")
+                                                          : fmt::format("tensor '{}'", Printable(open[1].name));
+  return fmt::format("{}: duplicate key '{}'{}", where, Printable(key), open.size() > 2 ? " in a nested object" : "");
+}
+
+// Parses `text` into a DOM, rejecting duplicate keys at every nesting level (nlohmann's default
+// keeps the last one silently; the Rust loader rejects them, and a file whose meaning depends on
+// which duplicate wins is corrupt). Exceptions stop here.
+Result<json> ParseStrictJson(std::string_view text, const std::string& path) {
+  std::vector<OpenContainer> open;
+  auto callback = [&open](int /*depth*/, json::parse_event_t event, json& parsed) -> bool {
+    switch (event) {
+      case json::parse_event_t::object_start:
+      case json::parse_event_t::array_start:
+        open.push_back({open.empty() ? std::string() : std::exchange(open.back().last_key, {}), {}, {}});
+        break;
+      case json::parse_event_t::object_end:
+      case json::parse_event_t::array_end:
+        open.pop_back();
+        break;
+      case json::parse_event_t::key: {
+        const auto& key = parsed.get_ref<const std::string&>();
+        if (!open.back().keys.insert(key).second) throw DuplicateKey{DuplicateKeyMessage(open, key)};
+        open.back().last_key = key;
+        break;
+      }
+      case json::parse_event_t::value:
+        break;
+    }
+    return true;
+  };
+  try {
+    return json::parse(text.begin(), text.end(), callback, /*allow_exceptions=*/true,
+                       /*ignore_comments=*/false);
+  } catch (const DuplicateKey& e) {
+    return Status::InvalidInput(fmt::format("{}: {}", path, e.message));
+  } catch (const json::exception& e) {
+    // e.what() reads "[json.exception.parse_error.101] parse error at line 1, column 9: ...";
+    // the bracketed id means nothing to a user.
+    std::string_view what = e.what();
+    if (const size_t close = what.find("] "); close != std::string_view::npos) what.remove_prefix(close + 2);
+    return Status::InvalidInput(fmt::format("{}: header is not valid JSON: {}", path, what));
+  } catch (const std::bad_alloc&) {
+    return Status::InvalidInput(fmt::format("{}: header JSON too large to parse in memory", path));
+  }
+}
+
+// A short description of a JSON value for "found ..." in messages: scalars as written (cut at 40
+// characters), containers by kind.
+std::string Describe(const json& value) {
+  if (value.is_object()) return "an object";
+  if (value.is_array()) return fmt::format("an array of {}", value.size());
+  std::string text = value.dump(-1, ' ', false, json::error_handler_t::replace);
+  if (text.size() > 40) text = text.substr(0, 37) + "...";
+  return text;
+}
+
+// A JSON integer >= 0 ("-0" included), as uint64; nullopt for anything else (floats, strings,
+// negatives, integers beyond uint64, which nlohmann stores as floats).
+std::optional<uint64_t> NonNegativeInteger(const json& value) {
+  if (value.is_number_unsigned()) return value.get<uint64_t>();
+  if (value.is_number_integer() && value.get<int64_t>() >= 0) return static_cast<uint64_t>(value.get<int64_t>());
+  return std::nullopt;
+}
+
+// Validates one tensor entry; `fail` prefixes the file and the tensor.
+class EntryParser {
+ public:
+  EntryParser(const std::string& path, const std::string& name) : path_(path), name_(name) {}
+
+  Status Fail(std::string_view what) const {
+    return Status::InvalidInput(fmt::format("{}: tensor '{}': {}", path_, Printable(name_), what));
+  }
+
+  Result<TensorInfo> Parse(const json& entry, uint64_t data_bytes) const {
+    if (!entry.is_object()) return Fail(fmt::format("entry is not an object (found {})", Describe(entry)));
+    for (const auto& [key, value] : entry.items()) {
+      if (key != "dtype" && key != "shape" && key != "data_offsets") {
+        return Fail(fmt::format("unknown key '{}' (allowed: dtype, shape, data_offsets)", Printable(key)));
+      }
+    }
+    TensorInfo info;
+    info.name = name_;
+    STQ_RETURN_IF_ERROR(ParseDTypeField(entry, info));
+    STQ_RETURN_IF_ERROR(ParseShapeField(entry, info));
+    STQ_RETURN_IF_ERROR(ParseOffsetsField(entry, info));
+    const std::string offsets = fmt::format("data_offsets [{}, {}]", info.begin, info.end);
+    if (info.begin > info.end) return Fail(offsets + " begin is after end");
+
+    const std::optional<int64_t> elements = internal::ElementCount(info.shape);
+    if (!elements) {
+      return Fail(fmt::format("shape {} has more than 2^63-1 elements", internal::ShapeString(info.shape)));
+    }
+    const std::optional<uint64_t> bytes = internal::ByteSize(*elements, info.dtype);
+    if (!bytes) {
+      return Fail(fmt::format("{} elements of {}-bit dtype {} are not a whole number of bytes", *elements,
+                              DTypeBits(info.dtype), DTypeName(info.dtype)));
+    }
+    if (info.nbytes() != *bytes) {
+      return Fail(fmt::format("{} hold {} bytes but dtype {} shape {} needs {} bytes", offsets, info.nbytes(),
+                              DTypeName(info.dtype), internal::ShapeString(info.shape), *bytes));
+    }
+    // A comparison, not an addition: `end` is untrusted and data_bytes is what the file has.
+    if (info.end > data_bytes) {
+      return Fail(fmt::format("{} end past data section of {} bytes (incomplete download or corrupt file?)",
+                              offsets, data_bytes));
+    }
+    return info;
+  }
+
+ private:
+  Status ParseDTypeField(const json& entry, TensorInfo& info) const {
+    const auto it = entry.find("dtype");
+    if (it == entry.end()) return Fail("missing 'dtype'");
+    if (!it->is_string()) return Fail(fmt::format("'dtype' is not a string (found {})", Describe(*it)));
+    const auto& name = it->get_ref<const std::string&>();
+    const std::optional<DType> dtype = ParseDType(name);
+    if (!dtype) return Fail(fmt::format("unknown dtype '{}'", Printable(name)));
+    info.dtype = *dtype;
+    return Status::Ok();
+  }
+
+  Status ParseShapeField(const json& entry, TensorInfo& info) const {
+    const auto it = entry.find("shape");
+    if (it == entry.end()) return Fail("missing 'shape'");
+    if (!it->is_array()) return Fail(fmt::format("'shape' is not an array (found {})", Describe(*it)));
+    info.shape.reserve(it->size());
+    for (size_t i = 0; i < it->size(); ++i) {
+      const json& dim = (*it)[i];
+      const std::optional<uint64_t> value = NonNegativeInteger(dim);
+      if (!value) return Fail(fmt::format("shape[{}] is not a non-negative integer (found {})", i, Describe(dim)));
+      if (*value > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
+        return Fail(fmt::format("shape[{}] = {} is larger than 2^63-1", i, *value));
+      }
+      info.shape.push_back(static_cast<int64_t>(*value));
+    }
+    return Status::Ok();
+  }
+
+  Status ParseOffsetsField(const json& entry, TensorInfo& info) const {
+    const auto it = entry.find("data_offsets");
+    if (it == entry.end()) return Fail("missing 'data_offsets'");
+    if (!it->is_array() || it->size() != 2) {
+      return Fail(fmt::format("'data_offsets' is not an array of 2 integers (found {})", Describe(*it)));
+    }
+    uint64_t values[2];
+    for (size_t i = 0; i < 2; ++i) {
+      const std::optional<uint64_t> value = NonNegativeInteger((*it)[i]);
+      if (!value) {
+        return Fail(fmt::format("data_offsets[{}] is not a non-negative integer (found {})", i, Describe((*it)[i])));
+      }
+      values[i] = *value;
+    }
+    info.begin = values[0];
+    info.end = values[1];
+    return Status::Ok();
+  }
+
+  const std::string& path_;
+  const std::string& name_;
+};
+
+Result<std::optional<std::map<std::string, std::string>>> ParseMetadata(const json& value, const std::string& path) {
+  if (value.is_null()) return std::optional<std::map<std::string, std::string>>();
+  if (!value.is_object()) {
+    return Status::InvalidInput(
+        fmt::format("{}: __metadata__ is not an object of strings (found {})", path, Describe(value)));
+  }
+  std::map<std::string, std::string> metadata;
+  for (const auto& [key, item] : value.items()) {
+    if (!item.is_string()) {
+      return Status::InvalidInput(fmt::format("{}: __metadata__: value of key '{}' is not a string (found {})", path,
+                                              Printable(key), Describe(item)));
+    }
+    metadata.emplace(key, item.get<std::string>());
+  }
+  return std::optional<std::map<std::string, std::string>>(std::move(metadata));
+}
+
+// Sorts the tensors into data order, rejects overlaps, and notes gaps and trailing bytes.
+Status CheckLayout(std::vector<TensorInfo>& tensors, uint64_t data_bytes, const std::string& path,
+                   std::vector<std::string>& warnings) {
+  std::sort(tensors.begin(), tensors.end(), [](const TensorInfo& a, const TensorInfo& b) {
+    if (a.begin != b.begin) return a.begin < b.begin;
+    if (a.end != b.end) return a.end < b.end;
+    return a.name < b.name;
+  });
+  // `covered` is the end of the data seen so far and `last` the tensor that reaches it. Zero-size
+  // tensors own no bytes: they can neither overlap nor close a gap.
+  uint64_t covered = 0;
+  const TensorInfo* last = nullptr;
+  size_t gaps = 0;
+  uint64_t gap_bytes = 0;
+  for (const TensorInfo& t : tensors) {
+    if (t.begin == t.end) continue;
+    if (t.begin < covered) {
+      return Status::InvalidInput(fmt::format("{}: tensor '{}': data_offsets [{}, {}] overlap tensor '{}' at [{}, {}]",
+                                              path, Printable(t.name), t.begin, t.end, Printable(last->name),
+                                              last->begin, last->end));
+    }
+    if (t.begin > covered) {
+      ++gaps;
+      gap_bytes += t.begin - covered;
+      if (gaps <= Reader::kMaxGapWarnings) {
+        warnings.push_back(fmt::format(
+            "{}: tensor '{}': data_offsets [{}, {}] start {} bytes after the previous tensor data ends at {} "
+            "(gap accepted)",
+            path, Printable(t.name), t.begin, t.end, t.begin - covered, covered));
+      }
+    }
+    covered = t.end;
+    last = &t;
+  }
+  if (gaps > Reader::kMaxGapWarnings) {
+    warnings.push_back(fmt::format("{}: {} gaps between tensors in all, {} unused bytes (accepted)", path, gaps,
+                                   gap_bytes));
+  }
+  if (covered < data_bytes) {
+    warnings.push_back(fmt::format(
+        "{}: {} trailing bytes after the last tensor data (data section of {} bytes, tensors end at {}; accepted)",
+        path, data_bytes - covered, data_bytes, covered));
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Result<Reader::Header> Reader::ParseHeader(std::string_view text, uint64_t data_bytes,
+                                           const std::string& path_for_messages) {
+  const std::string& path = path_for_messages;
+  // nlohmann would reject bad UTF-8 too, but with a message about JSON syntax; say what it is.
+  if (const std::optional<size_t> bad = internal::FindInvalidUtf8(text)) {
+    return Status::InvalidInput(fmt::format("{}: header is not valid UTF-8 (byte 0x{:02x} at offset {})", path,
+                                            static_cast<unsigned char>(text[*bad]), *bad));
+  }
+  STQ_ASSIGN_OR_RETURN(const json root, ParseStrictJson(text, path));
+  if (!root.is_object()) {
+    return Status::InvalidInput(fmt::format("{}: header JSON is not an object (found {})", path, Describe(root)));
+  }
+  Header header;
+  header.tensors.reserve(root.size());
+  for (const auto& [name, entry] : root.items()) {
+    if (name == kMetadataKey) {
+      STQ_ASSIGN_OR_RETURN(header.metadata, ParseMetadata(entry, path));
+      continue;
+    }
+    if (name.empty()) return Status::InvalidInput(fmt::format("{}: tensor '': empty tensor name", path));
+    STQ_ASSIGN_OR_RETURN(TensorInfo info, EntryParser(path, name).Parse(entry, data_bytes));
+    header.tensors.push_back(std::move(info));
+  }
+  STQ_RETURN_IF_ERROR(CheckLayout(header.tensors, data_bytes, path, header.warnings));
+  return header;
+}
+
+}  // namespace stquant::safetensors

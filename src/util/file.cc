@@ -1,0 +1,270 @@
+#include "util/file.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <utility>
+
+namespace stquant::util {
+
+namespace {
+
+// The injected fault. `armed` is checked first so the normal path costs one relaxed load.
+struct WriteFault {
+  std::atomic<bool> armed{false};
+  std::atomic<uint64_t> budget{0};  // bytes that may still be written
+  std::atomic<int> err{0};
+};
+WriteFault& Fault() {
+  static WriteFault fault;
+  return fault;
+}
+
+// How many of `want` bytes the fault lets through: `want` when not armed, fewer (maybe 0) when
+// the budget runs out. Claims the bytes it grants.
+size_t FaultAllowance(size_t want) {
+  WriteFault& fault = Fault();
+  if (!fault.armed.load(std::memory_order_relaxed)) return want;
+  uint64_t budget = fault.budget.load();
+  while (true) {
+    const uint64_t grant = budget < want ? budget : want;
+    if (fault.budget.compare_exchange_weak(budget, budget - grant)) return static_cast<size_t>(grant);
+  }
+}
+
+bool FaultExhausted() {
+  WriteFault& fault = Fault();
+  return fault.armed.load(std::memory_order_relaxed) && fault.budget.load() == 0;
+}
+
+// 64 random bits for temp names. O_EXCL makes collisions harmless, so a weak fallback will do.
+uint64_t RandomBits() {
+  uint64_t bits = 0;
+  if (getrandom(&bits, sizeof(bits), GRND_NONBLOCK) == static_cast<ssize_t>(sizeof(bits))) return bits;
+  static std::atomic<uint64_t> counter{0};
+  const auto now = std::chrono::steady_clock::now().time_since_epoch().count();
+  return static_cast<uint64_t>(now) * 0x9E3779B97F4A7C15ull + counter.fetch_add(1);
+}
+
+std::string BaseName(const std::string& path) {
+  const size_t slash = path.rfind('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+}  // namespace
+
+Fd& Fd::operator=(Fd&& other) noexcept {
+  if (this != &other) Reset(other.Release());
+  return *this;
+}
+
+int Fd::Release() { return std::exchange(fd_, -1); }
+
+void Fd::Reset(int fd) {
+  // close() is not retried on EINTR: on Linux the descriptor is released even then, and a retry
+  // could close a descriptor another thread just opened.
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = fd;
+}
+
+Result<Fd> OpenForRead(const std::string& path) {
+  int fd;
+  do {
+    fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  } while (fd < 0 && errno == EINTR);
+  if (fd < 0) return Status::FromErrno("open", path, errno);
+  return Fd(fd);
+}
+
+Result<uint64_t> RegularFileSize(int fd, const std::string& path) {
+  struct stat st;
+  if (::fstat(fd, &st) != 0) return Status::FromErrno("stat", path, errno);
+  if (!S_ISREG(st.st_mode)) return Status::InvalidInput(path + ": not a regular file");
+  return static_cast<uint64_t>(st.st_size);
+}
+
+Status PreadFull(int fd, std::span<uint8_t> dst, uint64_t offset, std::string_view path) {
+  size_t done = 0;
+  while (done < dst.size()) {
+    const ssize_t n = ::pread(fd, dst.data() + done, dst.size() - done, static_cast<off_t>(offset + done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Status::FromErrno("read", path, errno);
+    }
+    if (n == 0) {
+      std::string message = "read '";
+      message.append(path).append("': unexpected end of file at offset ")
+          .append(std::to_string(offset + done)).append(" (file changed while open?)");
+      return Status::IoError(std::move(message));
+    }
+    done += static_cast<size_t>(n);
+  }
+  return Status::Ok();
+}
+
+Status PwriteFull(int fd, std::span<const uint8_t> src, uint64_t offset, std::string_view path) {
+  size_t done = 0;
+  while (done < src.size()) {
+    const size_t want = FaultAllowance(src.size() - done);
+    if (want == 0) return Status::FromErrno("write", path, Fault().err.load());
+    const ssize_t n = ::pwrite(fd, src.data() + done, want, static_cast<off_t>(offset + done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Status::FromErrno("write", path, errno);
+    }
+    done += static_cast<size_t>(n);
+  }
+  return Status::Ok();
+}
+
+Status Fsync(int fd, std::string_view path) {
+  if (FaultExhausted()) return Status::FromErrno("fsync", path, Fault().err.load());
+  while (::fsync(fd) != 0) {
+    if (errno != EINTR) return Status::FromErrno("fsync", path, errno);
+  }
+  return Status::Ok();
+}
+
+std::string ParentDirectory(const std::string& path) {
+  const size_t slash = path.rfind('/');
+  if (slash == std::string::npos) return ".";
+  if (slash == 0) return "/";
+  return path.substr(0, slash);
+}
+
+Status SyncParentDirectory(const std::string& path) {
+  const std::string dir = ParentDirectory(path);
+  int raw;
+  do {
+    raw = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  } while (raw < 0 && errno == EINTR);
+  if (raw < 0) return Status::FromErrno("open directory", dir, errno);
+  Fd fd(raw);
+  if (FaultExhausted()) return Status::FromErrno("fsync directory", dir, Fault().err.load());
+  while (::fsync(fd.get()) != 0) {
+    if (errno == EINTR) continue;
+    if (errno == EINVAL) break;  // e.g. some network and FUSE filesystems; nothing more we can do
+    return Status::FromErrno("fsync directory", dir, errno);
+  }
+  return Status::Ok();
+}
+
+Result<MappedFile> MappedFile::Map(int fd, uint64_t size, std::string_view path) {
+  MappedFile mapped;
+  if (size == 0) return mapped;
+  if (size > SIZE_MAX) return Status::Unsupported(std::string(path) + ": file too large to map");
+  void* p = ::mmap(nullptr, static_cast<size_t>(size), PROT_READ, MAP_PRIVATE, fd, 0);
+  if (p == MAP_FAILED) return Status::FromErrno("mmap", path, errno);
+  mapped.data_ = static_cast<const uint8_t*>(p);
+  mapped.size_ = static_cast<size_t>(size);
+  return mapped;
+}
+
+MappedFile::~MappedFile() {
+  if (data_ != nullptr) ::munmap(const_cast<uint8_t*>(data_), size_);
+}
+
+MappedFile::MappedFile(MappedFile&& other) noexcept
+    : data_(std::exchange(other.data_, nullptr)), size_(std::exchange(other.size_, 0)) {}
+
+MappedFile& MappedFile::operator=(MappedFile&& other) noexcept {
+  if (this != &other) {
+    if (data_ != nullptr) ::munmap(const_cast<uint8_t*>(data_), size_);
+    data_ = std::exchange(other.data_, nullptr);
+    size_ = std::exchange(other.size_, 0);
+  }
+  return *this;
+}
+
+Result<AtomicFile> AtomicFile::Create(const std::string& final_path) {
+  const std::string base = BaseName(final_path);
+  if (base.empty()) return Status::InvalidArgument("'" + final_path + "' names a directory, not a file");
+  // A few tries: EEXIST only happens on a collision of 64 random bits or a leftover with our pid.
+  for (int attempt = 0; attempt < 8; ++attempt) {
+    char suffix[64];
+    std::snprintf(suffix, sizeof(suffix), ".tmp-%ld-%016llx", static_cast<long>(::getpid()),
+                  static_cast<unsigned long long>(RandomBits()));
+    // Same directory prefix as the final path (none, "/", "dir/"), then the hidden name.
+    std::string temp = final_path.substr(0, final_path.size() - base.size());
+    temp.append(".").append(base).append(suffix);
+    int fd;
+    do {
+      fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    } while (fd < 0 && errno == EINTR);
+    if (fd < 0) {
+      if (errno == EEXIST) continue;
+      return Status::FromErrno("create", temp, errno);
+    }
+    AtomicFile file;
+    file.fd_.Reset(fd);
+    file.final_path_ = final_path;
+    file.temp_path_ = std::move(temp);
+    return file;
+  }
+  return Status::IoError("create temp file beside '" + final_path + "': too many name collisions");
+}
+
+AtomicFile::AtomicFile(AtomicFile&& other) noexcept
+    : fd_(std::move(other.fd_)),
+      final_path_(std::move(other.final_path_)),
+      temp_path_(std::exchange(other.temp_path_, std::string())),
+      committed_(other.committed_) {}
+
+AtomicFile& AtomicFile::operator=(AtomicFile&& other) noexcept {
+  if (this != &other) {
+    Abandon();
+    fd_ = std::move(other.fd_);
+    final_path_ = std::move(other.final_path_);
+    temp_path_ = std::exchange(other.temp_path_, std::string());
+    committed_ = other.committed_;
+  }
+  return *this;
+}
+
+void AtomicFile::Abandon() {
+  fd_.Reset();
+  if (!committed_ && !temp_path_.empty()) ::unlink(temp_path_.c_str());
+  temp_path_.clear();
+}
+
+Status AtomicFile::Commit() {
+  if (committed_ || temp_path_.empty()) {
+    return Status::Internal("commit of '" + final_path_ + "': already committed or abandoned");
+  }
+  Status status = Fsync(fd_.get(), temp_path_);
+  if (status.ok()) {
+    // close() can report a deferred write error (NFS); after a successful fsync that is rare,
+    // but it must not be ignored for the last write of a file we are about to publish.
+    if (::close(fd_.Release()) != 0) status = Status::FromErrno("close", temp_path_, errno);
+  }
+  if (status.ok() && ::rename(temp_path_.c_str(), final_path_.c_str()) != 0) {
+    status = Status::FromErrno("rename to '" + final_path_ + "'", temp_path_, errno);
+  }
+  if (!status.ok()) {
+    Abandon();
+    return status;
+  }
+  committed_ = true;
+  temp_path_.clear();
+  STQ_RETURN_IF_ERROR(SyncParentDirectory(final_path_)
+                          .Annotate("'" + final_path_ + "' renamed into place but not made durable"));
+  return Status::Ok();
+}
+
+void SetWriteFaultForTesting(uint64_t after_bytes, int err) {
+  WriteFault& fault = Fault();
+  fault.err.store(err);
+  fault.budget.store(after_bytes);
+  fault.armed.store(true);
+}
+
+void ClearWriteFaultForTesting() { Fault().armed.store(false); }
+
+}  // namespace stquant::util
