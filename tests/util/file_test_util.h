@@ -88,7 +88,9 @@ MATCHER(IsOk, "is OK") {
 }
 
 // Matches a Status or Result whose code is `code` and whose message matches `message_matcher`.
-MATCHER_P2(StatusIs, code, message_matcher, "") {
+MATCHER_P2(StatusIs, code, message_matcher,
+           std::string(negation ? "isn't" : "is") + " a status with code " + ::testing::PrintToString(code) +
+               " and a message that " + ::testing::DescribeMatcher<std::string>(message_matcher)) {
   const Status status = GetStatus(arg);
   if (status.code() != code) {
     *result_listener << "status is " << status.ToString();
@@ -102,6 +104,11 @@ MATCHER_P2(StatusIs, code, message_matcher, "") {
 namespace stquant {
 // gtest prints these through ADL: the status instead of the object's bytes.
 inline void PrintTo(const Status& status, std::ostream* os) { *os << status.ToString(); }
+inline void PrintTo(StatusCode code, std::ostream* os) {
+  static constexpr const char* kNames[] = {"kOk", "kInvalidArgument", "kInvalidInput",
+                                           "kUnsupported", "kIoError", "kInternal"};
+  *os << kNames[static_cast<int>(code)];
+}
 template <typename T>
 void PrintTo(const Result<T>& result, std::ostream* os) {
   *os << (result.ok() ? std::string("a value") : result.status().ToString());
