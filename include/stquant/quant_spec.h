@@ -54,7 +54,8 @@ Result<QuantMode> ParseQuantMode(std::string_view name);
 
 // The user-facing types: int2..int8 (affine, group 64), mxfp4, mxfp8, nvfp4.
 Result<QuantSpec> ParseQuantType(std::string_view type);
-// "int4", "mxfp8", ... for the quantization types above; "affine-b3-g32" style otherwise.
+// "int4", "mxfp8", ...: the inverse of ParseQuantType up to the group size, which is not part of
+// the name (ollama's quant_type strings; files carry group_size beside it).
 std::string QuantTypeName(const QuantSpec& spec);
 
 // MLX's quantize() checks (spec §3.1) on the parameters, with MLX's messages.

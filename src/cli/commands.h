@@ -15,5 +15,9 @@ namespace stquant::cli {
 
 // stquant inspect PATH [--json]
 void RegisterInspectCommand(CLI::App& app, Status* status);
+// stquant quantize IN -o OUT (-q TYPE | --mode M [--bits B] [--group-size G]) [...]
+void RegisterQuantizeCommand(CLI::App& app, Status* status);
+// stquant dequantize IN -o OUT [--dtype bf16|f16|f32]
+void RegisterDequantizeCommand(CLI::App& app, Status* status);
 
 }  // namespace stquant::cli

@@ -110,10 +110,7 @@ Result<QuantSpec> ParseQuantType(std::string_view type) {
 
 std::string QuantTypeName(const QuantSpec& spec) {
   const QuantModeInfo& info = ModeInfo(spec.mode);
-  if (spec.mode == QuantMode::kAffine) {
-    if (spec.group_size == 64) return fmt::format("int{}", spec.bits);
-    return fmt::format("int{}-g{}", spec.bits, spec.group_size);
-  }
+  if (spec.mode == QuantMode::kAffine) return fmt::format("int{}", spec.bits);
   return std::string(info.name);
 }
 
