@@ -204,7 +204,8 @@ Result<Inventory> Inventory::Open(const std::string& dir) {
       }
     }
     // total_size is informational in the HF format and some real checkpoints get it wrong.
-    const json* total = ObjectMember(index.value("metadata", json::object()), "total_size");
+    const json* metadata = ObjectMember(index, "metadata");
+    const json* total = metadata ? ObjectMember(*metadata, "total_size") : nullptr;
     if (total != nullptr && total->is_number_unsigned()) {
       uint64_t sum = 0;
       for (const auto& [tensor, ref] : inv.tensors_) sum += ref.info->nbytes();
@@ -343,7 +344,7 @@ Classification Classify(const Inventory& inv) {
   }
   std::string quant_algo;
   if (inv.hf_quant_config()) {
-    quant_algo = StringMember(inv.hf_quant_config()->value("quantization", json::object()), "quant_algo");
+    if (const json* q = ObjectMember(*inv.hf_quant_config(), "quantization")) quant_algo = StringMember(*q, "quant_algo");
   }
   for (const json* block : QuantBlocks(config)) {
     if (quant_algo.empty()) quant_algo = StringMember(*block, "quant_algo");
