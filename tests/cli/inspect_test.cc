@@ -42,7 +42,7 @@ RunResult RunStquant(const std::vector<std::string>& args) {
   ::stquant::testing::ScratchDir scratch;
   const std::string err_path = scratch.File("stderr");
   std::string command = Quote(STQUANT_CLI_PATH);
-  for (const std::string& a : args) command += " " + Quote(a);
+  for (const std::string& a : args) command.append(" ").append(Quote(a));
   command.append(" 2>").append(Quote(err_path)).append(" </dev/null");
   RunResult r;
   FILE* pipe = ::popen(command.c_str(), "r");
