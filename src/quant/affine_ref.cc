@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "quant/element.h"
+#include "quant/group_params.h"
 #include "quant/kernels.h"
 #include "quant/packing.h"
 
@@ -16,7 +17,6 @@ Status AffineQuantizeRef(const QuantSpec& spec, DType dtype, const void* input, 
   const int64_t groups_per_row = cols / spec.group_size;
   const int64_t words_per_row = PackedWordsPerRow(spec, cols);
   const float n_bins = static_cast<float>((1 << spec.bits) - 1);
-  constexpr float kEps = 1e-7f;
   std::vector<uint8_t> codes(cols);
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t row_start = r * cols;
@@ -30,16 +30,7 @@ Status AffineQuantizeRef(const QuantSpec& spec, DType dtype, const void* input, 
         w_max = std::max(w_max, x);
         w_min = std::min(w_min, x);
       }
-      const bool edge_is_min = std::fabs(w_min) > std::fabs(w_max);
-      float scale = std::max((w_max - w_min) / n_bins, kEps);
-      scale = edge_is_min ? scale : -scale;
-      const float edge = edge_is_min ? w_min : w_max;
-      const float q0 = std::rint(edge / scale);
-      float bias = 0.0f;
-      if (q0 != 0.0f) {
-        scale = edge / q0;
-        bias = edge;
-      }
+      const auto [scale, bias] = AffineGroupParams(w_min, w_max, spec.bits);
       for (int j = 0; j < spec.group_size; ++j) {
         const float x = LoadElement(dtype, input, start + j);
         const float q = std::rint((x - bias) / scale);

@@ -10,6 +10,7 @@
 #include "numeric/fp4.h"
 #include "numeric/fp8.h"
 #include "quant/element.h"
+#include "quant/group_params.h"
 #include "quant/kernels.h"
 #include "quant/packing.h"
 
@@ -23,21 +24,17 @@ float GroupAbsMax(DType dtype, const void* input, int64_t start, int count) {
   return amax;
 }
 
-// E8M0 exponent of an mx group from its scale s = T(amax / maxval) (spec §7, §8.2).
-//   kMlxCpu (MLX >= 0.32.3, ml-explore/mlx#4353): the smallest e with 2^e >= s, so the group's
-//     largest element never saturates.
-//   kMlxCpu0322 (MLX <= 0.32.2, the golden vectors): e = rint(T(log2(s))), ties to even.
-// Both give 0 for s == 0.
-int MxExponent(QuantProfile profile, DType dtype, float amax, float maxval) {
-  const float s = RoundTo(dtype, amax / maxval);
-  if (s == 0.0f) return 0;
-  if (profile == QuantProfile::kMlxCpu0322) return static_cast<int>(std::rint(RoundTo(dtype, std::log2(s))));
-  int exponent = 0;
-  const float mantissa = std::frexp(s, &exponent);  // s = mantissa * 2^exponent, mantissa in [0.5, 1)
-  return mantissa == 0.5f ? exponent - 1 : exponent;
-}
-
 }  // namespace
+
+void NvEncodeGroupRef(DType dtype, const void* input, int64_t start, int count, float scale, bool global_scale,
+                      float encode, uint8_t* codes) {
+  for (int j = 0; j < count; ++j) {
+    // Divide in T, then multiply by the float32 encode factor (spec §9.2); the product is float32.
+    float x = RoundTo(dtype, LoadElement(dtype, input, start + j) / scale);
+    if (global_scale) x = x * encode;
+    codes[j] = numeric::E2M1FromFloatArgmin(x);
+  }
+}
 
 int64_t FindNonFinite(DType dtype, const void* input, int64_t count) {
   for (int64_t i = 0; i < count; ++i) {
@@ -58,8 +55,7 @@ Status FpQuantizeRef(const QuantSpec& spec, DType dtype, const void* input, int6
   const int64_t words_per_row = PackedWordsPerRow(spec, cols);
   auto* scales = static_cast<uint8_t*>(out.scales);
   std::vector<uint8_t> codes(cols);
-  // nvfp4's encode factor 2688/g = (448 * 6) / global_scale, in float32.
-  const float encode = spec.global_scale ? 2688.0f / global_scale : 1.0f;
+  const float encode = NvEncodeFactor(spec, global_scale);
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t g = 0; g < groups_per_row; ++g) {
       const int64_t start = r * cols + g * gs;
@@ -68,15 +64,8 @@ Status FpQuantizeRef(const QuantSpec& spec, DType dtype, const void* input, int6
       const float amax = GroupAbsMax(dtype, input, start, gs);
       uint8_t* group_codes = codes.data() + g * gs;
       if (spec.mode == QuantMode::kNvfp4) {
-        float s = RoundTo(dtype, amax / 6.0f);
-        if (spec.global_scale) s = s * encode;  // T x float32 promotes to float32
-        const uint8_t byte = numeric::E4M3FromFloat(s);
-        const float scale = numeric::E4M3ToFloat(byte);  // exact in every T
-        for (int j = 0; j < gs; ++j) {
-          float x = RoundTo(dtype, LoadElement(dtype, input, start + j) / scale);
-          if (spec.global_scale) x = x * encode;
-          group_codes[j] = numeric::E2M1FromFloatArgmin(x);
-        }
+        const uint8_t byte = NvScaleByte(dtype, amax, spec.global_scale, encode);
+        NvEncodeGroupRef(dtype, input, start, gs, numeric::E4M3ToFloat(byte), spec.global_scale, encode, group_codes);
         scales[r * groups_per_row + g] = byte;
       } else {
         const bool fp4 = spec.mode == QuantMode::kMxfp4;
@@ -86,8 +75,7 @@ Status FpQuantizeRef(const QuantSpec& spec, DType dtype, const void* input, int6
           const float x = RoundTo(dtype, LoadElement(dtype, input, start + j) / divisor);
           group_codes[j] = fp4 ? numeric::E2M1FromFloatArgmin(x) : numeric::E4M3FromFloat(x);
         }
-        // MLX casts the int32 e + 127 to uint8; below e = -127 this wraps (spec §7).
-        scales[r * groups_per_row + g] = static_cast<uint8_t>(e + 127);
+        scales[r * groups_per_row + g] = MxScaleByte(e);
       }
     }
     PackCodesRef(codes.data(), cols, spec.bits, out.packed + r * words_per_row);

@@ -1,13 +1,83 @@
-#include "stquant/quantize.h"
+// Runtime-dispatched SIMD quantization (Highway's foreach_target skeleton): this file is compiled
+// once per SIMD target; HWY_DYNAMIC_DISPATCH picks the best one the CPU supports, once per call
+// (a block of rows), never per group.
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "quant/quantize.cc"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
 
+#include "hwy/highway.h"
+#include "quant/affine-inl.h"
+#include "quant/fp-inl.h"
+#include "quant/simd-inl.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace stquant::quant::HWY_NAMESPACE {
+
+Status QuantizeRowsTarget(const QuantSpec& spec, DType dtype, const void* input, int64_t rows, int64_t cols,
+                          float global_scale, QuantizedBuffers out) {
+  thread_local std::vector<uint8_t> codes;
+  codes.resize(cols);
+  const int64_t words_per_row = PackedWordsPerRow(spec, cols);
+  const int64_t groups_per_row = GroupsPerRow(spec, cols);
+  const float encode = NvEncodeFactor(spec, global_scale);
+  auto* fp_scales = static_cast<uint8_t*>(out.scales);
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t row_start = r * cols;
+    int64_t bad_column = -1;
+    switch (spec.mode) {
+      case QuantMode::kAffine:
+        bad_column = AffineEncodeRow(spec, dtype, input, row_start, cols, codes.data(), out.scales, out.biases,
+                                     r * groups_per_row);
+        break;
+      case QuantMode::kMxfp4:
+      case QuantMode::kMxfp8:
+        bad_column = MxEncodeRow(spec, dtype, input, row_start, cols, codes.data(), fp_scales + r * groups_per_row);
+        break;
+      case QuantMode::kNvfp4:
+        bad_column = NvEncodeRow(spec, dtype, input, row_start, cols, encode, codes.data(),
+                                 fp_scales + r * groups_per_row);
+        break;
+    }
+    if (bad_column >= 0) {
+      const int64_t start = row_start + bad_column;
+      const char* group = static_cast<const char*>(input) + start * ElementBytes(dtype);
+      return NonFiniteError(dtype, input, start + FindNonFinite(dtype, group, spec.group_size));
+    }
+    PackCodes(codes.data(), cols, spec.bits, out.packed + r * words_per_row);
+  }
+  return Status::Ok();
+}
+
+}  // namespace stquant::quant::HWY_NAMESPACE
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
 #include <algorithm>
 #include <cmath>
 
 #include "quant/element.h"
-#include "quant/kernels.h"
+#include "stquant/quantize.h"
 #include "util/thread_pool.h"
 
 namespace stquant {
+namespace quant {
+
+HWY_EXPORT(QuantizeRowsTarget);
+
+Status QuantizeRowsFast(const QuantSpec& spec, DType dtype, const void* input, int64_t rows, int64_t cols,
+                        float global_scale, QuantizedBuffers out) {
+  return HWY_DYNAMIC_DISPATCH(QuantizeRowsTarget)(spec, dtype, input, rows, cols, global_scale, out);
+}
+
+void ForEachSupportedTarget(const std::function<void(const char* target_name)>& fn) {
+  for (const int64_t target : hwy::SupportedAndGeneratedTargets()) {
+    hwy::SetSupportedTargetsForTest(target);
+    fn(hwy::TargetName(target));
+  }
+  hwy::SetSupportedTargetsForTest(0);
+}
+
+}  // namespace quant
 
 float AbsMax(DType dtype, const void* input, int64_t count) {
   float amax = 0.0f;
@@ -21,7 +91,7 @@ float AbsMax(DType dtype, const void* input, int64_t count) {
 
 Status QuantizeRows(const QuantSpec& spec, DType dtype, const void* input, int64_t rows, int64_t cols,
                     float global_scale, QuantizedBuffers out) {
-  return quant::QuantizeRowsRef(spec, dtype, input, rows, cols, global_scale, out);
+  return quant::QuantizeRowsFast(spec, dtype, input, rows, cols, global_scale, out);
 }
 
 Status QuantizeRowsParallel(const QuantSpec& spec, DType dtype, const void* input, int64_t rows,
@@ -53,3 +123,4 @@ Status QuantizeRowsParallel(const QuantSpec& spec, DType dtype, const void* inpu
 }
 
 }  // namespace stquant
+#endif  // HWY_ONCE
