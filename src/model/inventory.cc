@@ -417,8 +417,10 @@ Result<std::vector<MlxQuantizedTensor>> FindMlxQuantized(const Inventory& inv) {
         return Status::InvalidInput(where + ": config.json marks it unquantized but it has .scales");
       }
       const json& params = (layer != nullptr && layer->is_object()) ? *layer : *block;
-      std::string mode = StringMember(params, "mode");
-      if (mode.empty()) mode = StringMember(*block, "mode");
+      // An override without "mode" means affine, not the global mode: mlx-lm passes the override
+      // to to_quantized(), whose default mode is affine (mlx-lm's mxfp4 conversions keep the MoE
+      // router as {"group_size": 64, "bits": 8}).
+      const std::string mode = StringMember(params, "mode");
       q.params.mode = mode.empty() ? "affine" : mode;
       const int64_t bits = IntMember(params, "bits", IntMember(*block, "bits", 0));
       const int64_t group_size = IntMember(params, "group_size", IntMember(*block, "group_size", 0));

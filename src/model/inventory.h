@@ -130,7 +130,8 @@ struct MlxQuantizedTensor {
 
 // Every MLX-style quantized layer (a U32 "<base>.weight" with "<base>.scales"), in name order,
 // with its mode, bits and group size: from the config's "quantization" (or
-// "quantization_config") block, per-layer overrides included, else inferred from the shapes
+// "quantization_config") block, per-layer overrides included (an override without "mode" is
+// affine, as in mlx-lm), else inferred from the shapes
 // (for affine, where shapes only fix bits * group_size, the MLX default group size 64 is
 // preferred, then 32, then 128). InvalidInput when the shapes contradict the config or fit no
 // MLX mode.

@@ -363,6 +363,27 @@ TEST_F(ModelDirTest, ClassifiesMlxAffineFromConfigWithOverride) {
   EXPECT_EQ((*q)[1].params.bits, 8);
 }
 
+TEST_F(ModelDirTest, MlxOverrideWithoutModeIsAffine) {
+  // What mlx-lm writes for an mxfp4 MoE: the router keeps 8-bit affine, without a "mode" key.
+  WriteConfig(R"({"quantization": {"group_size": 32, "bits": 4, "mode": "mxfp4",
+                                    "router": {"group_size": 64, "bits": 8}}})");
+  WriteShard("model.safetensors", {{"expert.weight", DType::kU32, {8, 16}},
+                                   {"expert.scales", DType::kU8, {8, 4}},
+                                   {"router.weight", DType::kU32, {4, 32}},
+                                   Bf16("router.scales", {4, 2}),
+                                   Bf16("router.biases", {4, 2})});
+  auto inv = Open();
+  ASSERT_THAT(inv, IsOk());
+  auto q = FindMlxQuantized(*inv);
+  ASSERT_THAT(q, IsOk());
+  ASSERT_EQ(q->size(), 2u);
+  EXPECT_EQ((*q)[0].params.mode, "mxfp4");
+  EXPECT_EQ((*q)[1].base, "router");
+  EXPECT_EQ((*q)[1].params.mode, "affine");
+  EXPECT_EQ((*q)[1].params.bits, 8);
+  EXPECT_EQ((*q)[1].params.group_size, 64);
+}
+
 TEST_F(ModelDirTest, InfersMlxParamsFromShapes) {
   WriteConfig();
   WriteShard("model.safetensors",

@@ -17,3 +17,26 @@ def build_dir() -> Path:
     if not path.is_dir():
         pytest.fail(f"build directory {path} does not exist (set STQUANT_BUILD_DIR)")
     return path
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def stquant(build_dir: Path) -> Path:
+    """The stquant executable of the build tree."""
+    path = build_dir / "stquant"
+    if not path.is_file():
+        pytest.fail(f"{path} does not exist (build the stquant_cli target)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """../shared beside the checkout: golden vectors and tiny Hugging Face fixtures."""
+    path = REPO_ROOT.parent / "shared"
+    if not path.is_dir():
+        pytest.fail(f"{path} does not exist (CI and developers have shared/ beside the repository)")
+    return path
