@@ -45,9 +45,9 @@ std::string DuplicateKeyMessage(const std::vector<OpenContainer>& open, const st
   return fmt::format("{}: duplicate key '{}'{}", where, Printable(key), open.size() > 2 ? " in a nested object" : "");
 }
 
-// Parses `text` into a DOM, rejecting duplicate keys at every nesting level (nlohmann's default
-// keeps the last one silently; the Rust loader rejects them, and a file whose meaning depends on
-// which duplicate wins is corrupt). Exceptions stop here.
+// Parses `text` into a DOM, rejecting duplicate keys at every nesting level: nlohmann's default
+// keeps the last one silently (as Python safetensors and MLX do in effect), but a file whose
+// meaning depends on which duplicate wins is corrupt. Exceptions stop here.
 Result<json> ParseStrictJson(std::string_view text, const std::string& path) {
   std::vector<OpenContainer> open;
   auto callback = [&open](int /*depth*/, json::parse_event_t event, json& parsed) -> bool {

@@ -252,3 +252,23 @@ def test_trailing_bytes_are_a_warning_and_dropped(st_copy, tmp_path):
     proc = copy_ok(st_copy, tmp_path / "in.safetensors", tmp_path / "out.safetensors")
     assert "5 trailing bytes after the last tensor data" in proc.stderr
     np.testing.assert_array_equal(load_file(tmp_path / "out.safetensors")["w"], np.arange(4, dtype=np.int32))
+
+
+def test_gap_policy_against_the_references(st_copy, tmp_path):
+    # A gap between tensors and trailing bytes: MLX loads the file, Python safetensors refuses it
+    # (docs/safetensors.md, "Gap policy"). We accept it with warnings and write it gap-free.
+    tensors = {"a": ("U8", (4,), b"abcd"), "b": ("U8", (4,), b"efgh")}
+    header = {"a": {"dtype": "U8", "shape": [4], "data_offsets": [0, 4]},
+              "b": {"dtype": "U8", "shape": [4], "data_offsets": [8, 12]}}
+    text = json.dumps(header).encode()
+    (tmp_path / "in.safetensors").write_bytes(struct.pack("<Q", len(text)) + text + b"abcd\0\0\0\0efgh\0\0")
+    assert {k: bytes(memoryview(v)) for k, v in mx.load(str(tmp_path / "in.safetensors")).items()} == {
+        "a": b"abcd", "b": b"efgh"}
+    with pytest.raises(Exception, match="invalid offset"):
+        load_file(tmp_path / "in.safetensors")
+
+    proc = copy_ok(st_copy, tmp_path / "in.safetensors", tmp_path / "out.safetensors")
+    assert "start 4 bytes after the previous tensor data ends at 4 (gap accepted)" in proc.stderr
+    assert "2 trailing bytes after the last tensor data" in proc.stderr
+    assert {k: v.tobytes() for k, v in load_file(tmp_path / "out.safetensors").items()} == {"a": b"abcd", "b": b"efgh"}
+    assert raw_tensors(tmp_path / "out.safetensors") == (tensors, None)
