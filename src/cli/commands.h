@@ -17,6 +17,8 @@ namespace stquant::cli {
 void RegisterInspectCommand(CLI::App& app, Status* status);
 // stquant quantize IN -o OUT (-q TYPE | --mode M [--bits B] [--group-size G]) [...]
 void RegisterQuantizeCommand(CLI::App& app, Status* status);
+// stquant convert SRC_DIR -o OUT_DIR [-q TYPE] [...]
+void RegisterConvertCommand(CLI::App& app, Status* status);
 // stquant dequantize IN -o OUT [--dtype bf16|f16|f32]
 void RegisterDequantizeCommand(CLI::App& app, Status* status);
 

@@ -22,6 +22,7 @@ int main(int argc, char** argv) {
   app.fallthrough(false);
   stquant::Status status;
   stquant::cli::RegisterInspectCommand(app, &status);
+  stquant::cli::RegisterConvertCommand(app, &status);
   stquant::cli::RegisterQuantizeCommand(app, &status);
   stquant::cli::RegisterDequantizeCommand(app, &status);
   try {

@@ -138,23 +138,24 @@ Status QuantizeFile(const std::string& input_path, const std::string& output_pat
 
   STQ_ASSIGN_OR_RETURN(std::unique_ptr<Writer> writer,
                        Writer::Create(output_path, decls, QuantMetadata(jobs, spec, options.naming)));
-  auto index_of = [&](const std::string& name) { return *writer->IndexOf(name); };
+  auto target = [&](const std::string& name) { return output::WriteTarget{writer.get(), *writer->IndexOf(name)}; };
   for (const TensorJob& job : jobs) {
     const TensorInfo& info = *job.source;
     if (!job.quantize) {
-      STQ_RETURN_IF_ERROR(output::CopyTensor(*reader, info, *writer, index_of(info.name)));
+      STQ_RETURN_IF_ERROR(output::CopyRows(output::ReaderRows(*reader, info), target(info.name)));
       continue;
     }
     float global_scale = 0.0f;
     if (spec.global_scale) {
-      STQ_ASSIGN_OR_RETURN(global_scale, output::TensorAbsMax(*reader, info));
+      STQ_ASSIGN_OR_RETURN(global_scale, output::RowsAbsMax(output::ReaderRows(*reader, info)));
       uint8_t bytes[4];
       std::memcpy(bytes, &global_scale, 4);
-      STQ_RETURN_IF_ERROR(writer->WriteTensorData(index_of(job.names.global_scale), 0, bytes));
+      STQ_RETURN_IF_ERROR(target(job.names.global_scale).Write(0, bytes));
     }
-    output::QuantizedTargets targets{index_of(job.names.packed), index_of(job.names.scales), std::nullopt};
-    if (ModeInfo(spec.mode).has_biases) targets.biases = index_of(job.names.biases);
-    STQ_RETURN_IF_ERROR(output::QuantizeTensor(*reader, info, spec, global_scale, *writer, targets, options.threads));
+    output::QuantizedTargets targets{target(job.names.packed), target(job.names.scales), std::nullopt};
+    if (ModeInfo(spec.mode).has_biases) targets.biases = target(job.names.biases);
+    STQ_RETURN_IF_ERROR(
+        output::QuantizeRowSource(output::ReaderRows(*reader, info), spec, global_scale, targets, options.threads));
   }
   return writer->Commit();
 }
@@ -335,10 +336,11 @@ Status DequantizeFile(const std::string& input_path, const std::string& output_p
       std::memcpy(&global_scale, bytes, 4);
     }
     STQ_RETURN_IF_ERROR(output::DequantizeTensor(*reader, p.layer.sources, p.spec, global_scale, p.cols, p.out_dtype,
-                                                 *writer, *writer->IndexOf(p.layer.output_name)));
+                                                 {writer.get(), *writer->IndexOf(p.layer.output_name)}));
   }
   for (const TensorInfo& info : reader->tensors()) {
-    if (!consumed.count(info.name)) STQ_RETURN_IF_ERROR(output::CopyTensor(*reader, info, *writer, *writer->IndexOf(info.name)));
+    if (consumed.count(info.name)) continue;
+    STQ_RETURN_IF_ERROR(output::CopyRows(output::ReaderRows(*reader, info), {writer.get(), *writer->IndexOf(info.name)}));
   }
   return writer->Commit();
 }

@@ -22,81 +22,106 @@ std::string TensorContext(const safetensors::Reader& reader, const std::string& 
 
 }  // namespace
 
-Status CopyTensor(const safetensors::Reader& reader, const safetensors::TensorInfo& tensor,
-                  safetensors::Writer& writer, size_t target) {
-  std::vector<uint8_t> buffer(std::min<uint64_t>(tensor.nbytes(), kBlockBytes));
-  for (uint64_t offset = 0; offset < tensor.nbytes(); offset += buffer.size()) {
-    std::span<uint8_t> piece(buffer.data(), std::min<uint64_t>(buffer.size(), tensor.nbytes() - offset));
-    STQ_RETURN_IF_ERROR(reader.Read(tensor, offset, piece));
-    STQ_RETURN_IF_ERROR(writer.WriteTensorData(target, offset, piece));
+RowSource ReaderRows(const safetensors::Reader& reader, const safetensors::TensorInfo& tensor) {
+  RowSource source;
+  source.name = TensorContext(reader, tensor.name);
+  source.dtype = tensor.dtype;
+  source.cols = tensor.shape.empty() ? 1 : tensor.shape.back();
+  source.rows = source.cols == 0 ? 0 : tensor.num_elements() / source.cols;
+  source.rows_per_piece = std::max<int64_t>(source.rows, 1);
+  const uint64_t row_bytes = static_cast<uint64_t>(source.cols) * DTypeBits(tensor.dtype) / 8;
+  source.read = [&reader, &tensor, row_bytes](int64_t first, int64_t count, uint8_t* out) {
+    return reader.Read(tensor, first * row_bytes, {out, count * row_bytes});
+  };
+  return source;
+}
+
+namespace {
+
+// Calls fn(first, count) for consecutive blocks of at most `block_rows` rows that never cross a
+// piece boundary.
+Status ForEachBlock(const RowSource& source, int64_t block_rows,
+                    const std::function<Status(int64_t first, int64_t count)>& fn) {
+  for (int64_t first = 0; first < source.rows;) {
+    const int64_t piece_end = (first / source.rows_per_piece + 1) * source.rows_per_piece;
+    const int64_t count = std::min({block_rows, source.rows - first, piece_end - first});
+    STQ_RETURN_IF_ERROR(fn(first, count));
+    first += count;
   }
   return Status::Ok();
 }
 
-Result<float> TensorAbsMax(const safetensors::Reader& reader, const safetensors::TensorInfo& tensor) {
-  const int bytes = ElementBytes(tensor.dtype);
-  std::vector<uint8_t> buffer(std::min<uint64_t>(tensor.nbytes(), kBlockBytes));
+}  // namespace
+
+Status CopyRows(const RowSource& source, const WriteTarget& target, const std::function<void(uint64_t)>& progress) {
+  const int64_t row_bytes = source.cols * DTypeBits(source.dtype) / 8;
+  const int64_t block_rows = std::max<int64_t>(1, std::min<int64_t>(source.rows, RowsPerBlock(row_bytes)));
+  std::vector<uint8_t> buffer(block_rows * row_bytes);
+  return ForEachBlock(source, block_rows, [&](int64_t first, int64_t count) -> Status {
+    std::span<uint8_t> piece(buffer.data(), count * row_bytes);
+    STQ_RETURN_IF_ERROR(source.read(first, count, piece.data()));
+    STQ_RETURN_IF_ERROR(target.Write(first * row_bytes, piece));
+    if (progress) progress(piece.size());
+    return Status::Ok();
+  });
+}
+
+Result<float> RowsAbsMax(const RowSource& source) {
+  const int64_t row_bytes = source.cols * DTypeBits(source.dtype) / 8;
+  const int64_t block_rows = std::max<int64_t>(1, std::min<int64_t>(source.rows, RowsPerBlock(row_bytes)));
+  std::vector<uint8_t> buffer(block_rows * row_bytes);
   float amax = 0.0f;
-  for (uint64_t offset = 0; offset < tensor.nbytes(); offset += buffer.size()) {
-    std::span<uint8_t> piece(buffer.data(), std::min<uint64_t>(buffer.size(), tensor.nbytes() - offset));
-    STQ_RETURN_IF_ERROR(reader.Read(tensor, offset, piece));
-    const float piece_max = AbsMax(tensor.dtype, piece.data(), static_cast<int64_t>(piece.size() / bytes));
-    if (!std::isfinite(piece_max)) {
-      return Status::InvalidInput(fmt::format("{}: holds NaN or Inf values, which cannot be quantized",
-                                              TensorContext(reader, tensor.name)));
+  STQ_RETURN_IF_ERROR(ForEachBlock(source, block_rows, [&](int64_t first, int64_t count) -> Status {
+    STQ_RETURN_IF_ERROR(source.read(first, count, buffer.data()));
+    const float block_max = AbsMax(source.dtype, buffer.data(), count * source.cols);
+    if (!std::isfinite(block_max)) {
+      return Status::InvalidInput(fmt::format("{}: holds NaN or Inf values, which cannot be quantized", source.name));
     }
-    amax = std::max(amax, piece_max);
-  }
+    amax = std::max(amax, block_max);
+    return Status::Ok();
+  }));
   return amax;
 }
 
-Status QuantizeTensor(const safetensors::Reader& reader, const safetensors::TensorInfo& tensor,
-                      const QuantSpec& spec, float global_scale, safetensors::Writer& writer,
-                      const QuantizedTargets& targets, int threads) {
-  const int64_t cols = tensor.shape.back();
-  const int64_t rows = cols == 0 ? 0 : tensor.num_elements() / cols;
-  const int element_bytes = ElementBytes(tensor.dtype);
-  const int64_t row_bytes = cols * element_bytes;
+Status QuantizeRowSource(const RowSource& source, const QuantSpec& spec, float global_scale,
+                         const QuantizedTargets& targets, int threads, const std::function<void(uint64_t)>& progress) {
+  const int64_t cols = source.cols;
+  const int64_t row_bytes = cols * ElementBytes(source.dtype);
   const int64_t words_per_row = PackedWordsPerRow(spec, cols);
   const int64_t groups_per_row = GroupsPerRow(spec, cols);
-  const int scale_bytes = ElementBytes(ScaleDType(spec, tensor.dtype));
-  const int64_t block_rows = std::min(rows, RowsPerBlock(row_bytes));
+  const int scale_bytes = ElementBytes(ScaleDType(spec, source.dtype));
+  const int64_t block_rows = std::max<int64_t>(1, std::min(source.rows, RowsPerBlock(row_bytes)));
 
   std::vector<uint8_t> input(block_rows * row_bytes);
   std::vector<uint32_t> packed(block_rows * words_per_row);
   std::vector<uint8_t> scales(block_rows * groups_per_row * scale_bytes);
   std::vector<uint8_t> biases(targets.biases ? scales.size() : 0);
-  for (int64_t first = 0; first < rows; first += block_rows) {
-    const int64_t count = std::min(block_rows, rows - first);
-    std::span<uint8_t> in(input.data(), count * row_bytes);
-    STQ_RETURN_IF_ERROR(reader.Read(tensor, first * row_bytes, in));
-    Status status = QuantizeRowsParallel(spec, tensor.dtype, in.data(), count, cols, global_scale,
+  return ForEachBlock(source, block_rows, [&](int64_t first, int64_t count) -> Status {
+    STQ_RETURN_IF_ERROR(source.read(first, count, input.data()));
+    Status status = QuantizeRowsParallel(spec, source.dtype, input.data(), count, cols, global_scale,
                                          {packed.data(), scales.data(), biases.data()}, threads);
     if (!status.ok()) {
-      // Element indices from the kernel are relative to this block.
       if (status.code() == StatusCode::kInvalidInput) {
-        return Status::InvalidInput(fmt::format("{}: row block from row {}: {}",
-                                                TensorContext(reader, tensor.name), first, status.message()));
+        // The kernel counts elements from the start of this block.
+        return Status::InvalidInput(fmt::format("{}: row block from row {}: {}", source.name, first, status.message()));
       }
-      return status.Annotate(TensorContext(reader, tensor.name));
+      return status.Annotate(source.name);
     }
-    const auto packed_bytes = std::as_bytes(std::span(packed.data(), count * words_per_row));
-    STQ_RETURN_IF_ERROR(writer.WriteTensorData(
-        targets.packed, first * words_per_row * 4,
-        {reinterpret_cast<const uint8_t*>(packed_bytes.data()), packed_bytes.size()}));
+    const auto* packed_bytes = reinterpret_cast<const uint8_t*>(packed.data());
+    STQ_RETURN_IF_ERROR(
+        targets.packed.Write(first * words_per_row * 4, {packed_bytes, static_cast<size_t>(count * words_per_row * 4)}));
     const uint64_t scale_block = count * groups_per_row * scale_bytes;
     const uint64_t scale_offset = first * groups_per_row * scale_bytes;
-    STQ_RETURN_IF_ERROR(writer.WriteTensorData(targets.scales, scale_offset, {scales.data(), scale_block}));
-    if (targets.biases) {
-      STQ_RETURN_IF_ERROR(writer.WriteTensorData(*targets.biases, scale_offset, {biases.data(), scale_block}));
-    }
-  }
-  return Status::Ok();
+    STQ_RETURN_IF_ERROR(targets.scales.Write(scale_offset, {scales.data(), scale_block}));
+    if (targets.biases) STQ_RETURN_IF_ERROR(targets.biases->Write(scale_offset, {biases.data(), scale_block}));
+    if (progress) progress(count * row_bytes);
+    return Status::Ok();
+  });
 }
 
 Status DequantizeTensor(const safetensors::Reader& reader, const QuantizedSources& sources,
                         const QuantSpec& spec, float global_scale, int64_t cols, DType out_dtype,
-                        safetensors::Writer& writer, size_t target) {
+                        const WriteTarget& target) {
   const int64_t words_per_row = PackedWordsPerRow(spec, cols);
   const int64_t groups_per_row = GroupsPerRow(spec, cols);
   const int64_t rows = words_per_row == 0 ? 0 : static_cast<int64_t>(sources.packed->nbytes() / 4) / words_per_row;
@@ -120,8 +145,7 @@ Status DequantizeTensor(const safetensors::Reader& reader, const QuantizedSource
     STQ_RETURN_IF_ERROR(DequantizeRows(spec, scale_dtype, {packed.data(), scales.data(), biases.data()}, count, cols,
                                        global_scale, out_dtype, output.data())
                             .Annotate(TensorContext(reader, sources.packed->name)));
-    STQ_RETURN_IF_ERROR(writer.WriteTensorData(target, first * cols * out_bytes,
-                                               {output.data(), static_cast<size_t>(count * cols * out_bytes)}));
+    STQ_RETURN_IF_ERROR(target.Write(first * cols * out_bytes, {output.data(), static_cast<size_t>(count * cols * out_bytes)}));
   }
   return Status::Ok();
 }

@@ -1,10 +1,12 @@
-// Moving one tensor from a Reader to a Writer in bounded row blocks: copy, quantize, dequantize.
-// Memory per call is about kBlockBytes of input plus its output, whatever the tensor size.
+// Moving one tensor into a Writer in bounded row blocks: copy, quantize, dequantize. Memory per
+// call is about kBlockBytes of input plus its output, whatever the tensor size.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <optional>
+#include <string>
 
 #include "stquant/quant_spec.h"
 #include "stquant/quantize.h"
@@ -15,26 +17,51 @@ namespace stquant::output {
 
 inline constexpr uint64_t kBlockBytes = 32ull << 20;
 
-// Writer indices of the tensors that receive a quantized tensor's outputs.
-struct QuantizedTargets {
-  size_t packed = 0;
-  size_t scales = 0;
-  std::optional<size_t> biases;  // affine
+// A tensor seen as rows x cols elements of `dtype` (rows = product of the leading dims; a 0-d or
+// 1-d tensor is one row), produced piece by piece: `read(first, count, out)` fills `out` with rows
+// [first, first + count). Blocks never cross a multiple of `rows_per_piece` (one expert of a
+// stacked tensor comes from one source tensor).
+struct RowSource {
+  std::string name;  // for messages: "<file>: tensor '<name>'"
+  DType dtype = DType::kBF16;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  int64_t rows_per_piece = 0;
+  std::function<Status(int64_t first, int64_t count, uint8_t* out)> read;
 };
 
-// Copies the tensor's bytes unchanged into writer tensor `target`.
-Status CopyTensor(const safetensors::Reader& reader, const safetensors::TensorInfo& tensor,
-                  safetensors::Writer& writer, size_t target);
+// Rows of one tensor of a Reader, unchanged.
+RowSource ReaderRows(const safetensors::Reader& reader, const safetensors::TensorInfo& tensor);
 
-// float32(max |x|) of a float tensor (the nvfp4 global scale); InvalidInput naming the tensor
-// when it holds NaN or Inf.
-Result<float> TensorAbsMax(const safetensors::Reader& reader, const safetensors::TensorInfo& tensor);
+// A tensor of an output file: its Writer and its index there.
+struct WriteTarget {
+  safetensors::Writer* writer = nullptr;
+  size_t index = 0;
+  Status Write(uint64_t offset, std::span<const uint8_t> bytes) const {
+    return writer->WriteTensorData(index, offset, bytes);
+  }
+};
 
-// Quantizes a BF16/F16/F32 tensor of rank >= 2. REQUIRES: ValidateQuantInput passed. Errors name
-// the file and the tensor (and the element index for NaN/Inf).
-Status QuantizeTensor(const safetensors::Reader& reader, const safetensors::TensorInfo& tensor,
-                      const QuantSpec& spec, float global_scale, safetensors::Writer& writer,
-                      const QuantizedTargets& targets, int threads);
+// Where a quantized tensor's outputs go (possibly different files, as shards split anywhere).
+struct QuantizedTargets {
+  WriteTarget packed;
+  WriteTarget scales;
+  std::optional<WriteTarget> biases;  // affine
+};
+
+// Writes the rows unchanged into `target`. `progress` (optional) gets the input bytes of each
+// block.
+Status CopyRows(const RowSource& source, const WriteTarget& target,
+                const std::function<void(uint64_t)>& progress = nullptr);
+
+// float32(max |x|) over all rows (the nvfp4 global scale); InvalidInput when NaN/Inf is present.
+Result<float> RowsAbsMax(const RowSource& source);
+
+// Quantizes the rows (BF16/F16/F32, cols divisible by the group size). NaN/Inf inputs are
+// refused naming the tensor and the element index.
+Status QuantizeRowSource(const RowSource& source, const QuantSpec& spec, float global_scale,
+                         const QuantizedTargets& targets, int threads,
+                         const std::function<void(uint64_t)>& progress = nullptr);
 
 // The quantized tensors of one layer as read from a file.
 struct QuantizedSources {
@@ -43,9 +70,9 @@ struct QuantizedSources {
   const safetensors::TensorInfo* biases = nullptr;  // affine
 };
 
-// Dequantizes into writer tensor `target` of `out_dtype`, shape [..., cols].
+// Dequantizes into `target` of `out_dtype`, shape [..., cols].
 Status DequantizeTensor(const safetensors::Reader& reader, const QuantizedSources& sources,
                         const QuantSpec& spec, float global_scale, int64_t cols, DType out_dtype,
-                        safetensors::Writer& writer, size_t target);
+                        const WriteTarget& target);
 
 }  // namespace stquant::output

@@ -1,0 +1,118 @@
+// Converting a Hugging Face checkpoint directory into a quantized model: the `stquant convert`
+// command. Two steps, both public so that --dry-run can show the first:
+//   PlanConversion  reads headers only (config.json, the index, every shard header) and decides,
+//                   for every output tensor, its sources, transform and quantization; pure data.
+//   Convert         carries a plan out with bounded memory (read -> decode/stack/cast ->
+//                   quantize -> write) into a temporary directory renamed onto the output at the
+//                   end, so an interrupted run never leaves a partial model behind.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "stquant/dtype.h"
+#include "stquant/quant_spec.h"
+#include "stquant/status.h"
+
+namespace stquant {
+
+enum class OutputLayout { kMlx };
+
+// Which tensors get which quantization.
+//   kMlxLm: what mlx_lm.convert quantizes: every Linear / Embedding / SwitchLinear weight (a
+//           ".weight" of rank >= 2) whose last dimension the group size divides, minus the
+//           architecture's own exceptions (e.g. qwen3_moe routers are 8-bit affine, group 64).
+enum class QuantPolicy { kMlxLm };
+
+// --override REGEX=TYPE: the first pattern found in an output tensor's name decides its type;
+// `spec` nullopt means "keep unquantized".
+struct QuantOverride {
+  std::string pattern;
+  std::optional<QuantSpec> spec;
+};
+
+struct ConvertOptions {
+  std::string source_dir;
+  std::string output_dir;
+  std::optional<QuantSpec> quant;  // nullopt: no quantization (decode, stack and re-shard only)
+  // mlx-lm's mixed recipes (affine only): "mixed_2_6", "mixed_3_4", "mixed_3_6", "mixed_4_6".
+  std::string recipe;
+  std::vector<QuantOverride> overrides;
+  QuantPolicy policy = QuantPolicy::kMlxLm;
+  OutputLayout layout = OutputLayout::kMlx;
+  uint64_t shard_bytes = 5ull << 30;  // mlx-lm's MAX_FILE_SIZE_GB (GiB)
+  int threads = 0;                    // 0: all cores
+  bool force = false;                 // replace an existing output directory
+};
+
+// Where one output tensor's values come from.
+enum class TensorTransform { kCopy, kCast, kDecodeFp8 };
+
+struct PlannedSource {
+  std::string tensor;     // source tensor name
+  std::string fp8_scale;  // block-FP8 companion ("<tensor>_scale_inv" or "_scale"), else empty
+};
+
+// One tensor of the output model before quantization (a quantized one becomes "<name>" U32,
+// "<base>.scales" and, for affine, "<base>.biases").
+struct PlannedTensor {
+  std::string name;
+  std::vector<PlannedSource> sources;  // more than one: experts stacked along a new first axis
+  TensorTransform transform = TensorTransform::kCopy;
+  DType source_dtype = DType::kBF16;
+  DType dtype = DType::kBF16;  // dtype of the values after the transform
+  std::vector<int64_t> shape;  // after stacking
+  std::optional<QuantSpec> quant;
+  // mlx-lm config entry "quantization"[<module path>] for layers quantized differently from the
+  // model's default; "mode" is omitted when `entry_mode` is empty (as mlx-lm's qwen3_moe router).
+  bool has_config_entry = false;
+  std::string entry_mode;
+  uint64_t output_bytes = 0;  // all of its output tensors
+};
+
+struct ConversionPlan {
+  std::string architecture;  // config model_type
+  std::string source_kind;   // "float", "block-fp8"
+  std::vector<PlannedTensor> tensors;  // sorted by name
+  std::optional<QuantSpec> default_quant;
+  uint64_t input_bytes = 0;   // the source tensors read
+  uint64_t output_bytes = 0;  // tensor data written
+  uint64_t parameters = 0;    // logical parameter count (mlx-lm's total_parameters)
+  std::vector<std::string> copied_files;  // tokenizer, generation config, chat templates, ...
+  std::vector<std::string> warnings;
+};
+
+// Reads headers only. Errors name the file and the tensor; kUnsupported for sources that need
+// another importer (already-quantized checkpoints).
+Result<ConversionPlan> PlanConversion(const ConvertOptions& options);
+
+// A human table and a JSON rendering of a plan (for --dry-run).
+std::string FormatPlanText(const ConversionPlan& plan);
+std::string FormatPlanJson(const ConversionPlan& plan);
+
+struct ConvertProgress {
+  uint64_t tensors_done = 0, tensors_total = 0;
+  uint64_t bytes_done = 0, bytes_total = 0;  // input bytes
+  std::string current;                       // tensor being processed
+};
+
+struct ConvertSummary {
+  uint64_t input_bytes = 0;
+  uint64_t output_bytes = 0;
+  uint64_t parameters = 0;
+  uint64_t tensors = 0;
+  uint64_t quantized_tensors = 0;
+  int shards = 0;
+  double seconds = 0.0;
+  uint64_t peak_rss_bytes = 0;
+};
+
+// Plans and carries out a conversion. `progress` (optional) is called from the converting thread
+// after each chunk.
+Result<ConvertSummary> Convert(const ConvertOptions& options,
+                               const std::function<void(const ConvertProgress&)>& progress = nullptr);
+
+}  // namespace stquant

@@ -1,0 +1,23 @@
+// Decoding block-scaled FP8 weights (DeepSeek-V3 / Qwen3-FP8 style): an F8_E4M3 matrix with one
+// F32 or BF16 scale ("weight_scale_inv", multiplied despite its name) per 128x128 block.
+#pragma once
+
+#include <cstdint>
+
+#include "stquant/dtype.h"
+#include "stquant/status.h"
+
+namespace stquant {
+
+inline constexpr int64_t kFp8BlockSize = 128;
+
+// Decodes rows [first_row, first_row + rows) of one [R, C] E4M3 matrix into bfloat16 bits:
+//   out[i][j] = bf16(float32(e4m3(W[i][j]) * S[i / 128][j / 128]))
+// exactly as ollama's importer does with MLX ops (ollama-create-spec §6.6): the product is
+// rounded to float32 (exact for a BF16 scale), then to bf16 with round-to-nearest-even; E4M3
+// 0x7F/0xFF decode as +-480. `codes` holds those rows (rows * C bytes); `scales` is the whole
+// [ceil(R/128), ceil(C/128)] scale matrix of `scale_dtype` (F32 or BF16).
+void DecodeBlockFp8Rows(const uint8_t* codes, int64_t first_row, int64_t rows, int64_t cols, const void* scales,
+                        DType scale_dtype, uint16_t* out);
+
+}  // namespace stquant

@@ -1,0 +1,193 @@
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "commands.h"
+#include "stquant/convert.h"
+
+namespace stquant::cli {
+
+namespace {
+
+struct ConvertCommandOptions {
+  std::string source, output;
+  std::string type, mode, recipe;
+  std::optional<int> bits, group_size;
+  std::vector<std::string> overrides;
+  std::string layout = "mlx";
+  std::string policy = "mlx-lm";
+  std::string profile = "mlx-cpu";
+  std::string shard_size = "5GiB";
+  int threads = 0;
+  bool force = false, dry_run = false, json = false, quiet = false;
+};
+
+// "5GiB", "500MiB", "2G", "123": binary units, as mlx-lm's 5 << 30.
+Result<uint64_t> ParseSize(const std::string& text) {
+  size_t used = 0;
+  double value = 0;
+  try {
+    value = std::stod(text, &used);
+  } catch (...) {
+    return Status::InvalidArgument("--shard-size '" + text + "': not a size (e.g. 5GiB, 500MiB)");
+  }
+  std::string unit = text.substr(used);
+  if (!unit.empty() && unit.back() == 'B') unit.pop_back();
+  if (!unit.empty() && unit.back() == 'i') unit.pop_back();
+  double factor = 1;
+  if (unit == "K" || unit == "k") factor = 1024.0;
+  else if (unit == "M") factor = 1024.0 * 1024;
+  else if (unit == "G") factor = 1024.0 * 1024 * 1024;
+  else if (unit == "T") factor = 1024.0 * 1024 * 1024 * 1024;
+  else if (!unit.empty()) return Status::InvalidArgument("--shard-size '" + text + "': unknown unit");
+  if (!(value > 0)) return Status::InvalidArgument("--shard-size must be positive");
+  return static_cast<uint64_t>(value * factor);
+}
+
+Result<std::optional<QuantSpec>> SpecFromOptions(const ConvertCommandOptions& o) {
+  if (o.type.empty() && o.mode.empty()) {
+    if (o.bits || o.group_size) return Status::InvalidArgument("--bits/--group-size need -q TYPE or --mode");
+    return std::optional<QuantSpec>();
+  }
+  if (!o.type.empty() && !o.mode.empty()) return Status::InvalidArgument("give -q TYPE or --mode MODE, not both");
+  QuantSpec spec;
+  if (!o.type.empty()) {
+    STQ_ASSIGN_OR_RETURN(spec, ParseQuantType(o.type));
+  } else {
+    STQ_ASSIGN_OR_RETURN(spec.mode, ParseQuantMode(o.mode));
+    spec.bits = ModeInfo(spec.mode).default_bits;
+    spec.group_size = ModeInfo(spec.mode).default_group_size;
+  }
+  if (o.bits) spec.bits = *o.bits;
+  if (o.group_size) spec.group_size = *o.group_size;
+  STQ_ASSIGN_OR_RETURN(spec.profile, ParseQuantProfile(o.profile));
+  STQ_RETURN_IF_ERROR(ValidateQuantSpec(spec));
+  return std::optional<QuantSpec>(spec);
+}
+
+Result<ConvertOptions> BuildOptions(const ConvertCommandOptions& o) {
+  ConvertOptions options;
+  options.source_dir = o.source;
+  options.output_dir = o.output;
+  STQ_ASSIGN_OR_RETURN(options.quant, SpecFromOptions(o));
+  options.recipe = o.recipe;
+  for (const std::string& rule : o.overrides) {
+    const size_t eq = rule.rfind('=');
+    if (eq == std::string::npos || eq == 0) {
+      return Status::InvalidArgument("--override '" + rule + "': expected REGEX=TYPE (TYPE: keep, int4, mxfp8, ...)");
+    }
+    QuantOverride override_rule{rule.substr(0, eq), std::nullopt};
+    const std::string type = rule.substr(eq + 1);
+    if (type != "keep") {
+      STQ_ASSIGN_OR_RETURN(QuantSpec spec, ParseQuantType(type));
+      if (options.quant) spec.profile = options.quant->profile;
+      override_rule.spec = spec;
+    }
+    options.overrides.push_back(std::move(override_rule));
+  }
+  if (!options.overrides.empty() && !options.quant) {
+    return Status::InvalidArgument("--override needs a default quantization type (-q TYPE)");
+  }
+  STQ_ASSIGN_OR_RETURN(options.shard_bytes, ParseSize(o.shard_size));
+  options.threads = o.threads;
+  options.force = o.force;
+  return options;
+}
+
+std::string HumanBytes(double bytes) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int unit = 0;
+  while (bytes >= 1024 && unit < 4) {
+    bytes /= 1024;
+    ++unit;
+  }
+  char buffer[32];
+  std::snprintf(buffer, sizeof buffer, unit == 0 ? "%.0f %s" : "%.2f %s", bytes, units[unit]);
+  return buffer;
+}
+
+Status RunConvert(const ConvertCommandOptions& o) {
+  STQ_ASSIGN_OR_RETURN(ConvertOptions options, BuildOptions(o));
+  if (o.dry_run) {
+    STQ_ASSIGN_OR_RETURN(ConversionPlan plan, PlanConversion(options));
+    const std::string text = o.json ? FormatPlanJson(plan) : FormatPlanText(plan);
+    std::fwrite(text.data(), 1, text.size(), stdout);
+    return Status::Ok();
+  }
+  const bool tty = !o.quiet && ::isatty(STDERR_FILENO);
+  const auto start = std::chrono::steady_clock::now();
+  auto last = start;
+  auto progress = [&](const ConvertProgress& p) {
+    const auto now = std::chrono::steady_clock::now();
+    if (now - last < std::chrono::milliseconds(200) && p.tensors_done != p.tensors_total) return;
+    last = now;
+    const double seconds = std::chrono::duration<double>(now - start).count();
+    const double rate = seconds > 0 ? p.bytes_done / seconds : 0;
+    const double fraction = p.bytes_total ? static_cast<double>(p.bytes_done) / p.bytes_total : 1.0;
+    const double eta = rate > 0 ? (p.bytes_total - p.bytes_done) / rate : 0;
+    const int width = 30;
+    const int filled = static_cast<int>(std::round(fraction * width));
+    std::fprintf(stderr, "\r[%s%s] %3.0f%%  %llu/%llu tensors  %s/%s  %s/s  ETA %.0fs \x1b[K",
+                 std::string(filled, '#').c_str(), std::string(width - filled, '.').c_str(), fraction * 100,
+                 static_cast<unsigned long long>(p.tensors_done), static_cast<unsigned long long>(p.tensors_total),
+                 HumanBytes(p.bytes_done).c_str(), HumanBytes(p.bytes_total).c_str(), HumanBytes(rate).c_str(), eta);
+    std::fflush(stderr);
+  };
+  Result<ConvertSummary> result = tty ? Convert(options, progress) : Convert(options);
+  if (tty) std::fprintf(stderr, "\n");
+  if (!result.ok()) return result.status();
+  const ConvertSummary& s = *result;
+  if (!o.quiet) {
+    const double bpw = s.parameters ? 8.0 * s.output_bytes / s.parameters : 0.0;
+    std::printf("converted %s -> %s\n", options.source_dir.c_str(), options.output_dir.c_str());
+    std::printf("  tensors    %llu written (%llu quantized), %d shard%s\n", static_cast<unsigned long long>(s.tensors),
+                static_cast<unsigned long long>(s.quantized_tensors), s.shards, s.shards == 1 ? "" : "s");
+    std::printf("  size       %s in -> %s out, %.3f bits per weight (%llu parameters)\n",
+                HumanBytes(s.input_bytes).c_str(), HumanBytes(s.output_bytes).c_str(), bpw,
+                static_cast<unsigned long long>(s.parameters));
+    std::printf("  time       %.2f s, %s/s of input\n", s.seconds, HumanBytes(s.seconds > 0 ? s.input_bytes / s.seconds : 0).c_str());
+    std::printf("  peak RSS   %s\n", HumanBytes(s.peak_rss_bytes).c_str());
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+void RegisterConvertCommand(CLI::App& app, Status* status) {
+  auto o = std::make_shared<ConvertCommandOptions>();
+  CLI::App* cmd = app.add_subcommand(
+      "convert", "Convert a Hugging Face checkpoint (bf16/f16/f32 or block-FP8) into an MLX (mlx-lm) model directory");
+  cmd->add_option("source", o->source, "Hugging Face model directory (config.json + *.safetensors)")->required();
+  cmd->add_option("-o,--output", o->output, "output directory (must not exist, unless --force)")->required();
+  cmd->add_option("-q,--quantize", o->type,
+                  "type: int2..int8 (affine, group 64), mxfp4, mxfp8, nvfp4; none: no quantization. A block-FP8 "
+                  "source is decoded first, so any type works with it");
+  cmd->add_option("--mode", o->mode, "MLX mode instead of -q: affine, mxfp4, mxfp8, nvfp4");
+  cmd->add_option("--bits", o->bits, "bits per weight (affine: 2, 3, 4, 5, 6, 8)");
+  cmd->add_option("--group-size", o->group_size, "elements per scale (affine: 32, 64, 128)");
+  cmd->add_option("--recipe,--quant-predicate", o->recipe, "mlx-lm mixed recipe: mixed_2_6, mixed_3_4, mixed_3_6, mixed_4_6")
+      ->check(CLI::IsMember({"mixed_2_6", "mixed_3_4", "mixed_3_6", "mixed_4_6"}));
+  cmd->add_option("--override", o->overrides,
+                  "REGEX=TYPE: tensors whose name contains a match get TYPE (int4, mxfp8, ... or keep); first match "
+                  "wins; repeatable");
+  cmd->add_option("--layout", o->layout, "output layout: mlx (an mlx_lm.load directory)")->check(CLI::IsMember({"mlx"}));
+  cmd->add_option("--policy", o->policy, "which tensors to quantize: mlx-lm (as mlx_lm.convert)")
+      ->check(CLI::IsMember({"mlx-lm"}));
+  cmd->add_option("--profile", o->profile, "numerics: mlx-cpu (MLX >= 0.32.3, default) or mlx-cpu-0.32.2")
+      ->check(CLI::IsMember({"mlx-cpu", "mlx-cpu-0.32.2"}));
+  cmd->add_option("--shard-size", o->shard_size, "largest output shard (binary units; default 5GiB, as mlx-lm)");
+  cmd->add_option("-j,--jobs", o->threads, "worker threads (0: all cores)");
+  cmd->add_flag("--force", o->force, "replace an existing output directory");
+  cmd->add_flag("--dry-run", o->dry_run, "print the plan (every output tensor, its source and type) and sizes; write nothing");
+  cmd->add_flag("--json", o->json, "with --dry-run: print the plan as JSON");
+  cmd->add_flag("--quiet", o->quiet, "no progress bar and no summary");
+  cmd->callback([o, status] { *status = RunConvert(*o); });
+}
+
+}  // namespace stquant::cli

@@ -1,0 +1,364 @@
+// PlanConversion: the pure planning step of `stquant convert` (headers only).
+#include <algorithm>
+#include <array>
+#include <filesystem>
+#include <map>
+#include <regex>
+#include <set>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <nlohmann/json.hpp>
+
+#include "model/arch.h"
+#include "model/inventory.h"
+#include "model/plan_internal.h"
+#include "stquant/convert.h"
+#include "stquant/fp8_block.h"
+
+namespace stquant {
+
+namespace {
+
+using model::Inventory;
+using safetensors::TensorInfo;
+
+bool EndsWith(std::string_view s, std::string_view suffix) {
+  return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
+}
+
+bool IsFloat(DType d) { return d == DType::kBF16 || d == DType::kF16 || d == DType::kF32; }
+
+int64_t Elements(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+// mlx_lm.convert casts every floating parameter to config "torch_dtype" (or text_config "dtype")
+// when it names a float type.
+std::optional<DType> ConversionDType(const nlohmann::json& config) {
+  std::string name;
+  if (auto it = config.find("torch_dtype"); it != config.end() && it->is_string()) {
+    name = it->get<std::string>();
+  } else if (auto text = config.find("text_config"); text != config.end() && text->is_object()) {
+    if (auto d = text->find("dtype"); d != text->end() && d->is_string()) name = d->get<std::string>();
+  }
+  if (name == "bfloat16") return DType::kBF16;
+  if (name == "float16") return DType::kF16;
+  if (name == "float32") return DType::kF32;
+  return std::nullopt;
+}
+
+// The block-FP8 scale companion of an F8_E4M3 weight, if any.
+std::string Fp8ScaleName(const Inventory& inventory, const std::string& weight) {
+  for (const char* suffix : {"_scale_inv", "_scale"}) {
+    if (inventory.FindInfo(weight + suffix)) return weight + suffix;
+  }
+  return "";
+}
+
+// mlx-lm's mixed recipes (mlx_lm/convert.py mixed_quant_predicate_builder).
+struct Recipe {
+  int low_bits = 0, high_bits = 6;
+};
+Result<Recipe> ParseRecipe(const std::string& name) {
+  if (name == "mixed_2_6") return Recipe{2, 6};
+  if (name == "mixed_3_4") return Recipe{3, 4};
+  if (name == "mixed_3_6") return Recipe{3, 6};
+  if (name == "mixed_4_6") return Recipe{4, 6};
+  return Status::InvalidArgument(
+      fmt::format("unknown recipe '{}' (expected mixed_2_6, mixed_3_4, mixed_3_6 or mixed_4_6)", name));
+}
+
+// The layer index of a module path for the recipes: the path component at the position of the
+// first numeric component of the first down_proj path; 0 when the path is shorter.
+int64_t RecipeLayerIndex(const std::string& path, size_t location) {
+  size_t start = 0;
+  for (size_t i = 0; i < location; ++i) {
+    start = path.find('.', start);
+    if (start == std::string::npos) return 0;
+    ++start;
+  }
+  const size_t end = path.find('.', start);
+  const std::string part = path.substr(start, end == std::string::npos ? std::string::npos : end - start);
+  if (part.empty() || !std::all_of(part.begin(), part.end(), ::isdigit)) return 0;
+  return std::stoll(part);
+}
+
+struct QuantChoice {
+  std::optional<QuantSpec> spec;
+  bool config_entry = false;
+  std::string entry_mode;
+};
+
+}  // namespace
+
+namespace model {
+
+Result<PlanContext> BuildPlan(const ConvertOptions& options) {
+  PlanContext context;
+  STQ_ASSIGN_OR_RETURN(Inventory inventory, Inventory::Open(options.source_dir));
+  context.inventory = std::make_unique<Inventory>(std::move(inventory));
+  const Inventory& inv = *context.inventory;
+  ConversionPlan& plan = context.plan;
+
+  const Classification kind = Classify(inv);
+  if (kind.kind != SourceKind::kFloat && kind.kind != SourceKind::kBlockFp8) {
+    return Status::Unsupported(fmt::format(
+        "{}: the checkpoint is already quantized ({}: {}); importing prequantized models is not supported yet",
+        options.source_dir, SourceKindName(kind.kind), kind.detail));
+  }
+  plan.source_kind = std::string(SourceKindName(kind.kind));
+  const ArchRules rules = RulesFor(inv.config());
+  plan.architecture = rules.model_type;
+  if (!rules.known) {
+    plan.warnings.push_back(fmt::format(
+        "architecture '{}' is not one stquant has checked against mlx-lm; generic rules applied (every "
+        "rank >= 2 .weight is treated as a Linear/Embedding, experts stacked into switch_mlp)",
+        rules.model_type.empty() ? "(none)" : rules.model_type));
+  }
+  if (options.quant) STQ_RETURN_IF_ERROR(ValidateQuantSpec(*options.quant));
+  std::optional<Recipe> recipe;
+  if (!options.recipe.empty()) {
+    if (!options.quant || options.quant->mode != QuantMode::kAffine) {
+      return Status::InvalidArgument("--recipe needs an affine quantization type (mlx-lm's recipes are affine only)");
+    }
+    STQ_ASSIGN_OR_RETURN(recipe, ParseRecipe(options.recipe));
+  }
+  std::vector<std::pair<std::regex, std::optional<QuantSpec>>> overrides;
+  for (const QuantOverride& o : options.overrides) {
+    try {
+      overrides.emplace_back(std::regex(o.pattern, std::regex::ECMAScript), o.spec);
+    } catch (const std::regex_error& e) {
+      return Status::InvalidArgument(fmt::format("--override '{}': invalid regular expression: {}", o.pattern, e.what()));
+    }
+    if (o.spec) STQ_RETURN_IF_ERROR(ValidateQuantSpec(*o.spec).Annotate("--override " + o.pattern));
+  }
+  const std::optional<DType> cast_to = ConversionDType(inv.config());
+
+  // 1. Which source tensors make which output tensor (sanitize: drop, stack experts).
+  std::set<std::string> companions;
+  for (const std::string& name : inv.names()) {
+    const TensorInfo* info = inv.FindInfo(name);
+    if (info->dtype == DType::kF8E5M2 && EndsWith(name, ".weight")) {
+      return Status::Unsupported(fmt::format("{}: tensor '{}' is F8_E5M2; only E4M3 block-FP8 weights are supported",
+                                             options.source_dir, name));
+    }
+    if (info->dtype == DType::kF8E4M3) {
+      const std::string scale = Fp8ScaleName(inv, name);
+      if (scale.empty()) {
+        return Status::InvalidInput(fmt::format(
+            "{}: tensor '{}' is F8_E4M3 but has no '{}_scale_inv' or '{}_scale' companion", options.source_dir, name,
+            name, name));
+      }
+      companions.insert(scale);
+    }
+  }
+  struct Pending {
+    std::map<int, std::string> experts;  // index -> source name
+    std::string single;
+  };
+  std::map<std::string, Pending> outputs;
+  for (const std::string& name : inv.names()) {
+    if (companions.count(name) || model::DroppedBySanitize(rules, name)) continue;
+    if (EndsWith(name, ".input_scale")) continue;  // FP8 activation scales: static-activation only
+    if (auto expert = model::ParseExpertName(name)) {
+      Pending& p = outputs[expert->stacked_name];
+      p.experts[expert->index] = name;
+    } else {
+      outputs[name].single = name;
+    }
+  }
+
+  // 2. Each output tensor: sources, transform, dtype, shape.
+  for (auto& [name, pending] : outputs) {
+    if (!pending.single.empty() && !pending.experts.empty()) {
+      return Status::InvalidInput(fmt::format("{}: tensor '{}' exists both stacked and as per-expert tensors",
+                                              options.source_dir, name));
+    }
+    PlannedTensor t;
+    t.name = name;
+    std::vector<std::string> sources;
+    if (pending.experts.empty()) {
+      sources.push_back(pending.single);
+    } else {
+      int expected = 0;
+      for (const auto& [index, source] : pending.experts) {
+        if (index != expected++) {
+          return Status::InvalidInput(fmt::format("{}: experts of '{}' are not numbered 0..{} (expert {} missing)",
+                                                  options.source_dir, name, pending.experts.size() - 1, expected - 1));
+        }
+        sources.push_back(source);
+      }
+    }
+    const TensorInfo* first = inv.FindInfo(sources.front());
+    for (const std::string& s : sources) {
+      const TensorInfo* info = inv.FindInfo(s);
+      if (info->dtype != first->dtype || info->shape != first->shape) {
+        return Status::InvalidInput(fmt::format(
+            "{}: experts stacked into '{}' differ: '{}' is {} {} but '{}' is {} {}", options.source_dir, name,
+            first->name, DTypeName(first->dtype), fmt::join(first->shape, "x"), info->name, DTypeName(info->dtype),
+            fmt::join(info->shape, "x")));
+      }
+      PlannedSource source{s, ""};
+      if (info->dtype == DType::kF8E4M3) source.fp8_scale = Fp8ScaleName(inv, s);
+      t.sources.push_back(source);
+      plan.input_bytes += info->nbytes();
+      if (!source.fp8_scale.empty()) plan.input_bytes += inv.FindInfo(source.fp8_scale)->nbytes();
+    }
+    t.source_dtype = first->dtype;
+    t.shape = first->shape;
+    if (sources.size() > 1) t.shape.insert(t.shape.begin(), static_cast<int64_t>(sources.size()));
+    if (t.source_dtype == DType::kF8E4M3) {
+      if (first->shape.size() != 2) {
+        return Status::Unsupported(fmt::format("{}: F8_E4M3 tensor '{}' has rank {}; block-FP8 weights must be 2-D",
+                                               options.source_dir, first->name, first->shape.size()));
+      }
+      for (const PlannedSource& s : t.sources) {
+        const TensorInfo* sc = inv.FindInfo(s.fp8_scale);
+        const std::vector<int64_t> want = {(first->shape[0] + kFp8BlockSize - 1) / kFp8BlockSize,
+                                           (first->shape[1] + kFp8BlockSize - 1) / kFp8BlockSize};
+        if (sc->shape != want || (sc->dtype != DType::kF32 && sc->dtype != DType::kBF16)) {
+          return Status::InvalidInput(fmt::format(
+              "{}: tensor '{}': unexpected fp8 scale '{}' {} [{}] for weight shape [{}]; want F32 or BF16 [{}]",
+              options.source_dir, s.tensor, sc->name, DTypeName(sc->dtype), fmt::join(sc->shape, ", "),
+              fmt::join(first->shape, ", "), fmt::join(want, ", ")));
+        }
+      }
+      t.transform = TensorTransform::kDecodeFp8;
+      t.dtype = DType::kBF16;
+    } else {
+      t.dtype = t.source_dtype;
+    }
+    if (cast_to && IsFloat(t.dtype) && t.dtype != *cast_to) {
+      t.dtype = *cast_to;
+      if (t.transform == TensorTransform::kCopy) t.transform = TensorTransform::kCast;
+    }
+    plan.tensors.push_back(std::move(t));
+  }
+
+  // 3. Quantization (policy mlx-lm).
+  size_t recipe_location = 0;
+  int64_t num_layers = 0;
+  if (recipe) {
+    std::string down;
+    for (const PlannedTensor& t : plan.tensors) {
+      if (t.name.find("down_proj") != std::string::npos) {
+        down = t.name;
+        break;
+      }
+    }
+    if (down.empty()) return Status::InvalidArgument("--recipe: the model has no down_proj layers (as mlx-lm requires)");
+    size_t position = 0, start = 0;
+    while (true) {
+      const size_t end = down.find('.', start);
+      const std::string part = down.substr(start, end == std::string::npos ? std::string::npos : end - start);
+      if (!part.empty() && std::all_of(part.begin(), part.end(), ::isdigit)) break;
+      if (end == std::string::npos) break;
+      start = end + 1;
+      ++position;
+    }
+    recipe_location = position;
+    num_layers = inv.config().value("num_hidden_layers", int64_t{0});
+  }
+  for (PlannedTensor& t : plan.tensors) {
+    QuantChoice choice;
+    const bool candidate = options.quant && EndsWith(t.name, ".weight") && t.shape.size() >= 2 && IsFloat(t.dtype);
+    if (candidate) {
+      const std::string path = t.name.substr(0, t.name.size() - 7);
+      // mlx-lm checks the model-wide group size first, whatever the layer gets.
+      if (t.shape.back() % options.quant->group_size == 0) {
+        bool decided = false;
+        for (const auto& [pattern, spec] : overrides) {
+          if (std::regex_search(t.name, pattern)) {
+            choice.spec = spec;
+            choice.config_entry = spec.has_value() && !(*spec == *options.quant);
+            choice.entry_mode = spec ? std::string(ModeInfo(spec->mode).name) : "";
+            decided = true;
+            break;
+          }
+        }
+        if (!decided && recipe) {
+          const int64_t index = RecipeLayerIndex(path, recipe_location);
+          const bool more_bits = index < num_layers / 8 || index >= 7 * num_layers / 8 ||
+                                 (((index - num_layers / 8) % 3) + 3) % 3 == 2;
+          const bool high = ((path.find("v_proj") != std::string::npos || path.find("v_a_proj") != std::string::npos ||
+                              path.find("v_b_proj") != std::string::npos || path.find("down_proj") != std::string::npos) &&
+                             more_bits) ||
+                            path.find("lm_head") != std::string::npos;
+          QuantSpec spec = *options.quant;
+          spec.bits = high ? recipe->high_bits : recipe->low_bits;
+          choice.spec = spec;
+          choice.config_entry = true;
+          choice.entry_mode = "affine";
+          decided = true;
+        }
+        if (!decided) {
+          for (const ArchRules::LayerException& e : rules.exceptions) {
+            if (EndsWith(path, e.suffix)) {
+              choice.spec = QuantSpec{QuantMode::kAffine, e.bits, e.group_size, false, options.quant->profile};
+              choice.config_entry = true;
+              decided = true;
+              break;
+            }
+          }
+        }
+        if (!decided) choice.spec = options.quant;
+        if (choice.spec && t.shape.back() % choice.spec->group_size != 0) {
+          return Status::InvalidArgument(fmt::format(
+              "tensor '{}': last dimension {} is not divisible by the group size {} chosen for it", t.name,
+              t.shape.back(), choice.spec->group_size));
+        }
+      }
+    }
+    t.quant = choice.spec;
+    t.has_config_entry = choice.config_entry && choice.spec.has_value();
+    t.entry_mode = choice.entry_mode;
+  }
+
+  // 4. Sizes.
+  for (PlannedTensor& t : plan.tensors) {
+    const int64_t elements = Elements(t.shape);
+    plan.parameters += elements;
+    if (t.quant) {
+      const int64_t rows = elements / t.shape.back();
+      const int scale_bytes = t.quant->mode == QuantMode::kAffine ? DTypeBits(t.dtype) / 8 : 1;
+      t.output_bytes = rows * PackedWordsPerRow(*t.quant, t.shape.back()) * 4 +
+                       rows * GroupsPerRow(*t.quant, t.shape.back()) * scale_bytes *
+                           (ModeInfo(t.quant->mode).has_biases ? 2 : 1);
+    } else {
+      t.output_bytes = elements * DTypeBits(t.dtype) / 8;
+    }
+    plan.output_bytes += t.output_bytes;
+  }
+  plan.default_quant = options.quant;
+
+  // 5. Files copied beside the weights: everything at the top level but weights, the config and
+  // the index (tokenizer, generation config, chat templates, license, ...).
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(options.source_dir, ec)) {
+    const std::string file = entry.path().filename().string();
+    if (!entry.is_regular_file(ec) || file.empty() || file[0] == '.') continue;
+    static const std::array<std::string_view, 8> kWeightSuffixes = {".safetensors", ".bin", ".pt", ".pth",
+                                                                    ".gguf", ".msgpack", ".h5", ".onnx"};
+    bool weights = false;
+    for (std::string_view suffix : kWeightSuffixes) weights |= EndsWith(file, suffix);
+    if (weights || file == "config.json" || file == "model.safetensors.index.json" || file == "hf_quant_config.json") {
+      continue;
+    }
+    plan.copied_files.push_back(file);
+  }
+  std::sort(plan.copied_files.begin(), plan.copied_files.end());
+  for (const std::string& w : inv.warnings()) plan.warnings.push_back(w);
+  return context;
+}
+
+}  // namespace model
+
+Result<ConversionPlan> PlanConversion(const ConvertOptions& options) {
+  STQ_ASSIGN_OR_RETURN(model::PlanContext context, model::BuildPlan(options));
+  return std::move(context.plan);
+}
+
+}  // namespace stquant
