@@ -5,6 +5,9 @@
 #define HWY_TARGET_INCLUDE "quant/quantize.cc"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 
+#include <type_traits>
+#include <vector>
+
 #include "hwy/highway.h"
 #include "quant/affine-inl.h"
 #include "quant/fp-inl.h"
@@ -13,39 +16,79 @@
 HWY_BEFORE_NAMESPACE();
 namespace stquant::quant::HWY_NAMESPACE {
 
-Status QuantizeRowsTarget(const QuantSpec& spec, DType dtype, const void* input, int64_t rows, int64_t cols,
-                          float global_scale, QuantizedBuffers out) {
-  thread_local std::vector<uint8_t> codes;
-  codes.resize(cols);
+// The row loop of one (dtype, mode, packing) combination; `encode_row` returns the column of the
+// first non-finite group of a row, or -1.
+template <class EncodeRow>
+HWY_INLINE Status RunRows(const QuantSpec& spec, DType dtype, const void* input, int64_t rows, int64_t cols,
+                          bool direct, QuantizedBuffers out, const EncodeRow& encode_row) {
   const int64_t words_per_row = PackedWordsPerRow(spec, cols);
-  const int64_t groups_per_row = GroupsPerRow(spec, cols);
-  const float encode = NvEncodeFactor(spec, global_scale);
-  auto* fp_scales = static_cast<uint8_t*>(out.scales);
+  const int64_t row_bytes = cols * ElementBytes(dtype);
+  // Widths other than 4 and 8 bits go through a u8 code buffer, packed per row.
+  thread_local std::vector<uint8_t> codes;
+  if (!direct && static_cast<int64_t>(codes.size()) < cols) codes.resize(cols);
   for (int64_t r = 0; r < rows; ++r) {
-    const int64_t row_start = r * cols;
-    int64_t bad_column = -1;
-    switch (spec.mode) {
-      case QuantMode::kAffine:
-        bad_column = AffineEncodeRow(spec, dtype, input, row_start, cols, codes.data(), out.scales, out.biases,
-                                     r * groups_per_row);
-        break;
-      case QuantMode::kMxfp4:
-      case QuantMode::kMxfp8:
-        bad_column = MxEncodeRow(spec, dtype, input, row_start, cols, codes.data(), fp_scales + r * groups_per_row);
-        break;
-      case QuantMode::kNvfp4:
-        bad_column = NvEncodeRow(spec, dtype, input, row_start, cols, encode, codes.data(),
-                                 fp_scales + r * groups_per_row);
-        break;
-    }
-    if (bad_column >= 0) {
-      const int64_t start = row_start + bad_column;
+    const void* row = static_cast<const char*>(input) + r * row_bytes;
+    uint32_t* packed = out.packed + r * words_per_row;
+    const int64_t bad_column = encode_row(r, row, direct ? reinterpret_cast<uint8_t*>(packed) : codes.data());
+    if (HWY_UNLIKELY(bad_column >= 0)) {
+      const int64_t start = r * cols + bad_column;
       const char* group = static_cast<const char*>(input) + start * ElementBytes(dtype);
       return NonFiniteError(dtype, input, start + FindNonFinite(dtype, group, spec.group_size));
     }
-    PackCodes(codes.data(), cols, spec.bits, out.packed + r * words_per_row);
+    if (!direct) PackCodes(codes.data(), cols, spec.bits, packed);
   }
   return Status::Ok();
+}
+
+template <DType kT>
+HWY_INLINE Status QuantizeRowsT(const QuantSpec& spec, const void* input, int64_t rows, int64_t cols,
+                                float global_scale, QuantizedBuffers out) {
+  const int64_t groups_per_row = GroupsPerRow(spec, cols);
+  const int gs = spec.group_size;
+  auto* fp_scales = static_cast<uint8_t*>(out.scales);
+  switch (spec.mode) {
+    case QuantMode::kAffine: {
+      const int scale_bytes = ElementBytes(kT);
+      auto* scales = static_cast<char*>(out.scales);
+      auto* biases = static_cast<char*>(out.biases);
+      const int bits = spec.bits;
+      auto affine = [&](auto pack) {
+        constexpr int kPack = decltype(pack)::value;
+        return RunRows(spec, kT, input, rows, cols, kPack != 0, out, [&](int64_t r, const void* row, uint8_t* dst) {
+          const int64_t offset = r * groups_per_row * scale_bytes;
+          return AffineEncodeRowT<kT, kPack == 4 ? 4 : 8>(bits, gs, row, cols, dst, scales + offset, biases + offset);
+        });
+      };
+      if (bits == 4) return affine(std::integral_constant<int, 4>());
+      if (bits == 8) return affine(std::integral_constant<int, 8>());
+      return affine(std::integral_constant<int, 0>());
+    }
+    case QuantMode::kMxfp4:
+      return RunRows(spec, kT, input, rows, cols, true, out, [&](int64_t r, const void* row, uint8_t* dst) {
+        return MxEncodeRowT<kT, QuantMode::kMxfp4>(spec.profile, gs, row, cols, dst, fp_scales + r * groups_per_row);
+      });
+    case QuantMode::kMxfp8:
+      return RunRows(spec, kT, input, rows, cols, true, out, [&](int64_t r, const void* row, uint8_t* dst) {
+        return MxEncodeRowT<kT, QuantMode::kMxfp8>(spec.profile, gs, row, cols, dst, fp_scales + r * groups_per_row);
+      });
+    case QuantMode::kNvfp4: {
+      const float encode = NvEncodeFactor(spec, global_scale);
+      const bool gscale = spec.global_scale;
+      return RunRows(spec, kT, input, rows, cols, true, out, [&](int64_t r, const void* row, uint8_t* dst) {
+        return NvEncodeRowT<kT>(gscale, gs, row, cols, encode, dst, fp_scales + r * groups_per_row);
+      });
+    }
+  }
+  return Status::Ok();
+}
+
+Status QuantizeRowsTarget(const QuantSpec& spec, DType dtype, const void* input, int64_t rows, int64_t cols,
+                          float global_scale, QuantizedBuffers out) {
+  switch (dtype) {
+    case DType::kBF16: return QuantizeRowsT<DType::kBF16>(spec, input, rows, cols, global_scale, out);
+    case DType::kF16: return QuantizeRowsT<DType::kF16>(spec, input, rows, cols, global_scale, out);
+    default: return QuantizeRowsT<DType::kF32>(spec, input, rows, cols, global_scale, out);
+  }
 }
 
 }  // namespace stquant::quant::HWY_NAMESPACE

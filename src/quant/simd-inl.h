@@ -1,6 +1,13 @@
-// Highway building blocks shared by the SIMD kernels: widening the input dtype to float32,
-// rounding float32 results to bf16/f16 (MLX computes "in T", spec §10), and packing u8 codes into
-// MLX's uint32 words (spec §4.3). Included once per target by quantize.cc (foreach_target).
+// Highway building blocks shared by the SIMD kernels: loading the input dtype as float32 in
+// even/odd element pairs, rounding float32 results to bf16/f16 (MLX computes "in T", spec §10),
+// per-group reductions transposed into one lane per group, emitting packed codes, and packing u8
+// codes into MLX's uint32 words (spec §4.3). Included once per target by quantize.cc
+// (foreach_target).
+//
+// Layout used by every kernel: a "step" is 2N consecutive elements (N = Lanes(DF) <= 8), loaded
+// as two float vectors `even` (elements 0, 2, .., 2N-2) and `odd` (1, 3, .., 2N-1). Group sizes
+// are >= 16 >= 2N, so a step never straddles two groups. The codes of a step are emitted from the
+// two code vectors with shifts (even | odd << bits), which puts them in stream order for free.
 
 // Per-target include guard, the Highway idiom for -inl.h files.
 #if defined(STQUANT_QUANT_SIMD_INL_H_) == defined(HWY_TARGET_TOGGLE)
@@ -14,6 +21,7 @@
 #include <cstring>
 
 #include "hwy/highway.h"
+#include "quant/element.h"
 #include "quant/packing.h"
 #include "stquant/dtype.h"
 
@@ -21,13 +29,17 @@ HWY_BEFORE_NAMESPACE();
 namespace stquant::quant::HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
-// At most 16 float lanes, so that the lane count divides every group size (16..128).
-using DF = hn::CappedTag<float, 16>;
+// At most 8 float lanes, so that a step of 2N elements fits in the smallest group (16).
+using DF = hn::CappedTag<float, 8>;
 using DI = hn::RebindToSigned<DF>;
 using DU = hn::RebindToUnsigned<DF>;
 using VF = hn::Vec<DF>;
 using VI = hn::Vec<DI>;
 using VU = hn::Vec<DU>;
+constexpr size_t kMaxLanes = hn::MaxLanes(DF());
+
+// The two 16-bit elements of a u32 lane are (low, high) = (even, odd) on little-endian machines.
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the bf16/f16 even/odd split assumes little-endian lanes");
 
 // IEEE f16 bits (in the low half of u32 lanes) to float32, exactly, Inf and NaN included.
 // (Highway's emulated PromoteTo for targets without F16C maps Inf/NaN to finite values.)
@@ -47,14 +59,52 @@ HWY_INLINE VF F16BitsToFloat(VU h) {
   return hn::BitCast(df, hn::Or(sign, hn::IfThenElse(is_small, hn::BitCast(du, small), bits)));
 }
 
-// Lanes(DF()) float32 values from element `i` of an array of `dtype`.
-HWY_INLINE VF LoadAsFloat(DType dtype, const void* base, int64_t i) {
+// One step of 2N 16-bit elements from element i, as N u32 lanes (even element in the low half).
+HWY_INLINE VU LoadRaw16(const void* base, int64_t i) {
+  return hn::LoadU(DU(), reinterpret_cast<const uint32_t*>(static_cast<const uint16_t*>(base) + i));
+}
+
+// Per-16-bit-half maximum of acc and the magnitudes (sign cleared) of the 16-bit elements in raw.
+HWY_INLINE VU MaxMagnitude16(VU acc, VU raw) {
+#if HWY_TARGET == HWY_SCALAR
+  const DU du;
+  const VU mask = hn::Set(du, 0x7FFFu);
+  const VU low = hn::Max(hn::And(acc, hn::Set(du, 0xFFFFu)), hn::And(raw, mask));
+  const VU high = hn::Max(hn::ShiftRight<16>(acc), hn::And(hn::ShiftRight<16>(raw), mask));
+  return hn::Or(low, hn::ShiftLeft<16>(high));
+#else
+  const hn::Repartition<uint16_t, DU> d16;
+  return hn::BitCast(DU(), hn::Max(hn::BitCast(d16, acc), hn::And(hn::BitCast(d16, raw), hn::Set(d16, 0x7FFF))));
+#endif
+}
+
+// True if a 16-bit half of an accumulator of MaxMagnitude16 is >= limit (Inf/NaN magnitudes).
+HWY_INLINE bool AnyHalfAtLeast(VU acc, uint32_t limit) {
+  const DU du;
+  const DI di;
+  const VU high = hn::ShiftRight<16>(acc);
+  const VU low = hn::And(acc, hn::Set(du, 0xFFFFu));
+  const VI top = hn::BitCast(di, hn::Max(high, low));
+  return !hn::AllFalse(di, hn::Gt(top, hn::Set(di, static_cast<int32_t>(limit) - 1)));
+}
+
+// Elements i .. i+2N-1 of an array of kT as float32: even and odd elements.
+template <DType kT>
+HWY_INLINE void LoadEvenOdd(const void* base, int64_t i, VF& even, VF& odd) {
   const DF df;
-  if (dtype == DType::kF32) return hn::LoadU(df, static_cast<const float*>(base) + i);
-  const hn::Rebind<uint16_t, DF> d16;
-  const VU raw = hn::PromoteTo(DU(), hn::LoadU(d16, static_cast<const uint16_t*>(base) + i));
-  if (dtype == DType::kBF16) return hn::BitCast(df, hn::ShiftLeft<16>(raw));
-  return F16BitsToFloat(raw);
+  const DU du;
+  if constexpr (kT == DType::kF32) {
+    hn::LoadInterleaved2(df, static_cast<const float*>(base) + i, even, odd);
+  } else {
+    const VU raw = LoadRaw16(base, i);
+    if constexpr (kT == DType::kBF16) {
+      even = hn::BitCast(df, hn::ShiftLeft<16>(raw));
+      odd = hn::BitCast(df, hn::And(raw, hn::Set(du, 0xFFFF0000u)));
+    } else {
+      even = F16BitsToFloat(hn::And(raw, hn::Set(du, 0xFFFFu)));
+      odd = F16BitsToFloat(hn::ShiftRight<16>(raw));
+    }
+  }
 }
 
 // Rounds float32 lanes to the nearest bf16 (RNE). REQUIRES: no NaN lanes.
@@ -84,16 +134,89 @@ HWY_INLINE VF RoundToF16(VF x) {
   return hn::BitCast(df, hn::Or(sign, hn::IfThenElse(is_normal, normal, subnormal)));
 }
 
+template <DType kT>
+HWY_INLINE VF RoundToT(VF x) {
+  if constexpr (kT == DType::kBF16) return RoundToBF16(x);
+  if constexpr (kT == DType::kF16) return RoundToF16(x);
+  return x;
+}
+
 HWY_INLINE VF RoundToDType(DType dtype, VF x) {
   if (dtype == DType::kBF16) return RoundToBF16(x);
   if (dtype == DType::kF16) return RoundToF16(x);
   return x;
 }
 
-// Stores the low byte of each int32 lane (values 0..255) to codes[0 .. Lanes).
-HWY_INLINE void StoreCodes(VI codes, uint8_t* out) {
-  const hn::Rebind<uint8_t, DI> d8;
-  hn::StoreU(hn::DemoteTo(d8, codes), d8, out);
+// v[0 .. N) are per-group vectors; returns one vector whose lane g is op-reduced over v[g]'s lanes.
+// Fixed-width targets halve the lanes per group at each level with ConcatEven/ConcatOdd (N-1 ops
+// of each kind instead of N full reductions); others reduce each group on its own.
+template <class D, class V, class Op>
+HWY_INLINE V ReduceTranspose(D d, V* v, Op op) {
+  const size_t n = hn::Lanes(d);
+#if HWY_HAVE_SCALABLE || HWY_TARGET == HWY_SCALAR
+  using T = hn::TFromD<D>;
+  HWY_ALIGN T lanes[kMaxLanes * 8];
+  HWY_ALIGN T out[kMaxLanes];
+  for (size_t g = 0; g < n; ++g) {
+    hn::StoreU(v[g], d, lanes);
+    T r = lanes[0];
+    for (size_t k = 1; k < n; ++k) r = hn::GetLane(op(hn::Set(d, r), hn::Set(d, lanes[k])));
+    out[g] = r;
+  }
+  return hn::LoadU(d, out);
+#else
+  for (size_t width = n; width > 1; width /= 2) {
+    for (size_t k = 0; k < width / 2; ++k) {
+      v[k] = op(hn::ConcatEven(d, v[2 * k + 1], v[2 * k]), hn::ConcatOdd(d, v[2 * k + 1], v[2 * k]));
+    }
+  }
+  return v[0];
+#endif
+}
+
+struct MinOp {
+  template <class V>
+  HWY_INLINE V operator()(V a, V b) const { return hn::Min(a, b); }
+};
+struct MaxOp {
+  template <class V>
+  HWY_INLINE V operator()(V a, V b) const { return hn::Max(a, b); }
+};
+
+// Writes the codes of one step (even/odd code vectors, int32 lanes holding 0 .. 2^kBits-1):
+// kBits 4 -> N bytes at out (two codes per byte, even in the low nibble); kBits 8 -> 2N bytes.
+template <int kBits>
+HWY_INLINE void EmitStep(VI even, VI odd, uint8_t* out) {
+  const DI di;
+  if constexpr (kBits == 4) {
+    const hn::Rebind<uint8_t, DI> d8;
+    hn::StoreU(hn::DemoteTo(d8, hn::Or(even, hn::ShiftLeft<4>(odd))), d8, out);
+  } else {
+    static_assert(kBits == 8, "4 or 8 bits");
+    const hn::Rebind<uint16_t, DI> d16;
+    hn::StoreU(hn::DemoteTo(d16, hn::Or(even, hn::ShiftLeft<8>(odd))), d16, reinterpret_cast<uint16_t*>(out));
+  }
+  (void)di;
+}
+
+// 3, 5, 6 bits: 8 codes (one u64 of bytes) -> 8*kBits contiguous bits = kBits bytes.
+template <int kBits>
+HWY_INLINE void PackOddWidth(const uint8_t* codes, int64_t count, uint32_t* words) {
+  auto* out = reinterpret_cast<uint8_t*>(words);
+  uint8_t* const end = out + count * kBits / 8;
+  for (int64_t i = 0; i < count; i += 8) {
+    uint64_t x;
+    std::memcpy(&x, codes + i, 8);
+    x = (x & 0x00FF00FF00FF00FFull) | (((x >> 8) & 0x00FF00FF00FF00FFull) << kBits);
+    x = (x & 0x0000FFFF0000FFFFull) | (((x >> 16) & 0x0000FFFF0000FFFFull) << (2 * kBits));
+    x = (x & 0x00000000FFFFFFFFull) | ((x >> 32) << (4 * kBits));
+    if (end - out >= 8) {
+      std::memcpy(out, &x, 8);  // the bytes past kBits are overwritten by the next store
+    } else {
+      std::memcpy(out, &x, kBits);
+    }
+    out += kBits;
+  }
 }
 
 // Packs `count` codes of `bits` bits into MLX's words. count * bits % 32 == 0 by the group rule.
@@ -102,6 +225,10 @@ HWY_INLINE void PackCodes(const uint8_t* codes, int64_t count, int bits, uint32_
     std::memcpy(words, codes, count);
     return;
   }
+  // 8 codes per u64 for the widths that straddle words (count is a multiple of 8 for them).
+  if (bits == 3) return PackOddWidth<3>(codes, count, words);
+  if (bits == 5) return PackOddWidth<5>(codes, count, words);
+  if (bits == 6) return PackOddWidth<6>(codes, count, words);
 #if HWY_TARGET != HWY_SCALAR
   auto* out = reinterpret_cast<uint8_t*>(words);
   if (bits == 4) {
@@ -141,7 +268,6 @@ HWY_INLINE void PackCodes(const uint8_t* codes, int64_t count, int bits, uint32_
     return;
   }
 #endif
-  // 3, 5 and 6 bits (and every width on the scalar target) straddle words; these widths are rare, the scalar bit stream is enough.
   PackCodesRef(codes, count, bits, words);
 }
 
