@@ -6,7 +6,6 @@
 #include <limits>
 #include <new>
 #include <nlohmann/json.hpp>
-#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -22,69 +21,119 @@ using internal::Printable;
 
 constexpr std::string_view kMetadataKey = "__metadata__";
 
-// Thrown from the parser callback to stop at the first duplicate key; caught in ParseStrictJson.
-struct DuplicateKey {
-  std::string message;
-};
-
-// One open JSON container while parsing: the key it sits under and, for objects, its keys so far.
+// One open JSON container while parsing.
 struct OpenContainer {
+  json* value;       // the object or array being filled (stable: its parent gets nothing else
+                     // while it is open, and std::map nodes never move)
   std::string name;  // key in the parent object; "" inside an array and for the root
-  std::string last_key;
-  std::unordered_set<std::string> keys;
+  std::string key;   // objects: the key whose value comes next
 };
 
-// The message for a duplicate `key` in the innermost of `open` (root first).
-std::string DuplicateKeyMessage(const std::vector<OpenContainer>& open, const std::string& key) {
-  if (open.size() == 1) {
-    return key == kMetadataKey ? "duplicate key '__metadata__'"
-                               : fmt::format("duplicate tensor name '{}'", Printable(key));
-  }
-  const std::string where = open[1].name == kMetadataKey ? std::string("__metadata__")
-                                                          : fmt::format("tensor '{}'", Printable(open[1].name));
-  return fmt::format("{}: duplicate key '{}'{}", where, Printable(key), open.size() > 2 ? " in a nested object" : "");
-}
+// A SAX handler for nlohmann::json::sax_parse that builds the DOM and refuses duplicate keys at
+// every nesting level. nlohmann's default parser keeps the last duplicate silently (as Python
+// safetensors and MLX do in effect), but a file whose meaning depends on which duplicate wins is
+// corrupt. (Not nlohmann's parser callback: in 3.11 its end_object scans the whole parent
+// object, which is quadratic in the number of tensors.) Returning false stops the parse.
+class StrictDomBuilder {
+ public:
+  using number_integer_t = json::number_integer_t;
+  using number_unsigned_t = json::number_unsigned_t;
+  using number_float_t = json::number_float_t;
+  using string_t = json::string_t;
+  using binary_t = json::binary_t;
 
-// Parses `text` into a DOM, rejecting duplicate keys at every nesting level: nlohmann's default
-// keeps the last one silently (as Python safetensors and MLX do in effect), but a file whose
-// meaning depends on which duplicate wins is corrupt. Exceptions stop here.
-Result<json> ParseStrictJson(std::string_view text, const std::string& path) {
-  std::vector<OpenContainer> open;
-  auto callback = [&open](int /*depth*/, json::parse_event_t event, json& parsed) -> bool {
-    switch (event) {
-      case json::parse_event_t::object_start:
-      case json::parse_event_t::array_start:
-        open.push_back({open.empty() ? std::string() : std::exchange(open.back().last_key, {}), {}, {}});
-        break;
-      case json::parse_event_t::object_end:
-      case json::parse_event_t::array_end:
-        open.pop_back();
-        break;
-      case json::parse_event_t::key: {
-        const auto& key = parsed.get_ref<const std::string&>();
-        if (!open.back().keys.insert(key).second) throw DuplicateKey{DuplicateKeyMessage(open, key)};
-        open.back().last_key = key;
-        break;
-      }
-      case json::parse_event_t::value:
-        break;
+  json& root() { return root_; }
+  const std::string& error() const { return error_; }
+
+  bool null() { return Add(nullptr) != nullptr; }
+  bool boolean(bool value) { return Add(value) != nullptr; }
+  bool number_integer(number_integer_t value) { return Add(value) != nullptr; }
+  bool number_unsigned(number_unsigned_t value) { return Add(value) != nullptr; }
+  bool number_float(number_float_t value, const string_t& /*text*/) { return Add(value) != nullptr; }
+  bool string(string_t& value) { return Add(std::move(value)) != nullptr; }
+  bool binary(binary_t& value) { return Add(json::binary(std::move(value))) != nullptr; }
+
+  bool start_object(std::size_t /*size*/) { return Open(json::object()); }
+  bool start_array(std::size_t /*size*/) { return Open(json::array()); }
+  bool end_object() { return Close(); }
+  bool end_array() { return Close(); }
+
+  bool key(string_t& key) {
+    OpenContainer& top = open_.back();
+    // The map itself holds the keys so far: no second index of them.
+    if (top.value->contains(key)) {
+      error_ = DuplicateKeyMessage(key);
+      return false;
     }
+    top.key = std::move(key);
     return true;
-  };
-  try {
-    return json::parse(text.begin(), text.end(), callback, /*allow_exceptions=*/true,
-                       /*ignore_comments=*/false);
-  } catch (const DuplicateKey& e) {
-    return Status::InvalidInput(fmt::format("{}: {}", path, e.message));
-  } catch (const json::exception& e) {
+  }
+
+  bool parse_error(std::size_t /*position*/, const std::string& /*last_token*/, const json::exception& e) {
     // e.what() reads "[json.exception.parse_error.101] parse error at line 1, column 9: ...";
     // the bracketed id means nothing to a user.
     std::string_view what = e.what();
     if (const size_t close = what.find("] "); close != std::string_view::npos) what.remove_prefix(close + 2);
-    return Status::InvalidInput(fmt::format("{}: header is not valid JSON: {}", path, what));
+    error_ = fmt::format("header is not valid JSON: {}", what);
+    return false;
+  }
+
+ private:
+  // Stores `value` in the innermost open container (or as the root); returns where it went.
+  json* Add(json value) {
+    if (open_.empty()) {
+      root_ = std::move(value);
+      return &root_;
+    }
+    OpenContainer& top = open_.back();
+    if (top.value->is_array()) {
+      top.value->push_back(std::move(value));
+      return &top.value->back();
+    }
+    return &top.value->emplace(top.key, std::move(value)).first.value();
+  }
+
+  bool Open(json container) {
+    std::string name = open_.empty() || open_.back().value->is_array() ? std::string() : open_.back().key;
+    json* value = Add(std::move(container));
+    open_.push_back({value, std::move(name), {}});
+    return true;
+  }
+
+  bool Close() {
+    open_.pop_back();
+    return true;
+  }
+
+  std::string DuplicateKeyMessage(const std::string& key) const {
+    if (open_.size() == 1) {
+      return key == kMetadataKey ? "duplicate key '__metadata__'"
+                                 : fmt::format("duplicate tensor name '{}'", Printable(key));
+    }
+    const std::string where = open_[1].name == kMetadataKey ? std::string("__metadata__")
+                                                            : fmt::format("tensor '{}'", Printable(open_[1].name));
+    return fmt::format("{}: duplicate key '{}'{}", where, Printable(key), open_.size() > 2 ? " in a nested object" : "");
+  }
+
+  json root_;
+  std::vector<OpenContainer> open_;
+  std::string error_;
+};
+
+// Parses `text` into a DOM with StrictDomBuilder. Exceptions stop here.
+Result<json> ParseStrictJson(std::string_view text, const std::string& path) {
+  StrictDomBuilder builder;
+  try {
+    if (!json::sax_parse(text.begin(), text.end(), &builder, json::input_format_t::json, /*strict=*/true,
+                         /*ignore_comments=*/false)) {
+      return Status::InvalidInput(fmt::format("{}: {}", path, builder.error()));
+    }
   } catch (const std::bad_alloc&) {
     return Status::InvalidInput(fmt::format("{}: header JSON too large to parse in memory", path));
+  } catch (const json::exception& e) {  // not expected from sax_parse; kept as the adapter's net
+    return Status::InvalidInput(fmt::format("{}: header is not valid JSON: {}", path, e.what()));
   }
+  return std::move(builder.root());
 }
 
 // A short description of a JSON value for "found ..." in messages: scalars as written (cut at 40
@@ -126,8 +175,9 @@ class EntryParser {
     STQ_RETURN_IF_ERROR(ParseDTypeField(entry, info));
     STQ_RETURN_IF_ERROR(ParseShapeField(entry, info));
     STQ_RETURN_IF_ERROR(ParseOffsetsField(entry, info));
-    const std::string offsets = fmt::format("data_offsets [{}, {}]", info.begin, info.end);
-    if (info.begin > info.end) return Fail(offsets + " begin is after end");
+    // Formatted only on failure: this runs once per tensor of every header.
+    auto offsets = [&info] { return fmt::format("data_offsets [{}, {}]", info.begin, info.end); };
+    if (info.begin > info.end) return Fail(offsets() + " begin is after end");
 
     const std::optional<int64_t> elements = internal::ElementCount(info.shape);
     if (!elements) {
@@ -139,13 +189,13 @@ class EntryParser {
                               DTypeBits(info.dtype), DTypeName(info.dtype)));
     }
     if (info.nbytes() != *bytes) {
-      return Fail(fmt::format("{} hold {} bytes but dtype {} shape {} needs {} bytes", offsets, info.nbytes(),
+      return Fail(fmt::format("{} hold {} bytes but dtype {} shape {} needs {} bytes", offsets(), info.nbytes(),
                               DTypeName(info.dtype), internal::ShapeString(info.shape), *bytes));
     }
     // A comparison, not an addition: `end` is untrusted and data_bytes is what the file has.
     if (info.end > data_bytes) {
       return Fail(fmt::format("{} end past data section of {} bytes (incomplete download or corrupt file?)",
-                              offsets, data_bytes));
+                              offsets(), data_bytes));
     }
     return info;
   }
