@@ -44,6 +44,8 @@ struct ConvertOptions {
   QuantPolicy policy = QuantPolicy::kMlxLm;
   OutputLayout layout = OutputLayout::kMlx;
   uint64_t shard_bytes = 5ull << 30;  // mlx-lm's MAX_FILE_SIZE_GB (GiB)
+  // The MLX numerics to follow (quantization and FP8 decode); quant specs carry it too.
+  QuantProfile profile = QuantProfile::kMlxCpu;
   int threads = 0;                    // 0: all cores
   bool force = false;                 // replace an existing output directory
 };

@@ -76,6 +76,7 @@ Result<ConvertOptions> BuildOptions(const ConvertCommandOptions& o) {
   options.source_dir = o.source;
   options.output_dir = o.output;
   STQ_ASSIGN_OR_RETURN(options.quant, SpecFromOptions(o));
+  STQ_ASSIGN_OR_RETURN(options.profile, ParseQuantProfile(o.profile));
   options.recipe = o.recipe;
   for (const std::string& rule : o.overrides) {
     const size_t eq = rule.rfind('=');

@@ -211,14 +211,16 @@ Result<PlanContext> BuildPlan(const ConvertOptions& options) {
     t.shape = first->shape;
     if (sources.size() > 1) t.shape.insert(t.shape.begin(), static_cast<int64_t>(sources.size()));
     if (t.source_dtype == DType::kF8E4M3) {
-      if (first->shape.size() != 2) {
-        return Status::Unsupported(fmt::format("{}: F8_E4M3 tensor '{}' has rank {}; block-FP8 weights must be 2-D",
+      // 2-D weights, or 3-D pre-stacked experts with one [E, sr, sc] scale (ollama-create-spec §6.6).
+      if (first->shape.size() != 2 && first->shape.size() != 3) {
+        return Status::Unsupported(fmt::format("{}: F8_E4M3 tensor '{}' has rank {}; block-FP8 weights must be 2-D or 3-D",
                                                options.source_dir, first->name, first->shape.size()));
       }
       for (const PlannedSource& s : t.sources) {
         const TensorInfo* sc = inv.FindInfo(s.fp8_scale);
-        const std::vector<int64_t> want = {(first->shape[0] + kFp8BlockSize - 1) / kFp8BlockSize,
-                                           (first->shape[1] + kFp8BlockSize - 1) / kFp8BlockSize};
+        std::vector<int64_t> want(first->shape.begin(), first->shape.end() - 2);
+        want.push_back((first->shape[first->shape.size() - 2] + kFp8BlockSize - 1) / kFp8BlockSize);
+        want.push_back((first->shape.back() + kFp8BlockSize - 1) / kFp8BlockSize);
         if (sc->shape != want || (sc->dtype != DType::kF32 && sc->dtype != DType::kBF16)) {
           return Status::InvalidInput(fmt::format(
               "{}: tensor '{}': unexpected fp8 scale '{}' {} [{}] for weight shape [{}]; want F32 or BF16 [{}]",

@@ -2,12 +2,14 @@
 //
 // E4M3 (sign, 4 exponent bits bias 7, 3 mantissa bits; max 448) encode is MLX's `to_fp8` (CPU and
 // Metal, spec §6.1): round to nearest even, saturate every |x| >= 448 - including Inf and NaN - to
-// 0x7E|sign; 0x7F/0xFF are never produced. Decode is MLX's `from_fp8` (§6.2): 0x7F/0xFF decode to
-// +-480 (no NaN). E5M2 (bias 15, 2 mantissa bits) decodes like the upper byte of an IEEE f16.
+// 0x7E|sign; 0x7F/0xFF are never produced. Two decoders: MLX <= 0.32.2's `from_fp8` (§6.2) reads
+// 0x7F/0xFF as +-480; MLX >= 0.32.3 and the OCP E4M3FN format read them as NaN.
+// E5M2 (bias 15, 2 mantissa bits) decodes like the upper byte of an IEEE f16.
 #pragma once
 
 #include <array>
 #include <cstdint>
+#include <limits>
 
 #include "numeric/bits.h"
 #include "numeric/f16.h"
@@ -40,6 +42,11 @@ inline uint8_t E4M3FromFloat(float x) {
 inline float E4M3ToFloat(uint8_t code) {
   const float magnitude = F16ToFloat(static_cast<uint16_t>((code & 0x7Fu) << 7)) * 256.0f;
   return (code & 0x80u) ? -magnitude : magnitude;
+}
+
+// Standard E4M3FN: as E4M3ToFloat, but 0x7F/0xFF are NaN.
+inline float E4M3FnToFloat(uint8_t code) {
+  return (code & 0x7Fu) == 0x7Fu ? std::numeric_limits<float>::quiet_NaN() : E4M3ToFloat(code);
 }
 
 inline float E5M2ToFloat(uint8_t code) { return F16ToFloat(static_cast<uint16_t>(code << 8)); }

@@ -40,8 +40,9 @@ Result<OutputDir> OutputDir::Create(const std::string& target, bool replace) {
   fs::path path = fs::absolute(fs::path(target)).lexically_normal();
   if (path.filename().empty()) path = path.parent_path();
   std::error_code ec;
+  fs::create_directories(path.parent_path(), ec);  // as mlx-lm's mkdir(parents=True)
   if (!fs::is_directory(path.parent_path(), ec)) {
-    return Status::InvalidArgument(fmt::format("output directory's parent '{}' does not exist", path.parent_path().string()));
+    return Status::InvalidArgument(fmt::format("cannot create the output's parent directory '{}'", path.parent_path().string()));
   }
   if (fs::exists(fs::symlink_status(path, ec)) && !replace) {
     return Status::InvalidArgument(fmt::format("output '{}' already exists (use --force to replace it)", target));

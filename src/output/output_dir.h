@@ -13,7 +13,7 @@ namespace stquant::output {
 
 class OutputDir {
  public:
-  // Fails when `target` exists (unless `replace`), or its parent does not.
+  // Creates missing parent directories. Fails when `target` exists (unless `replace`).
   static Result<OutputDir> Create(const std::string& target, bool replace);
   ~OutputDir();
   OutputDir(OutputDir&& other) noexcept;

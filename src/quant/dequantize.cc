@@ -6,6 +6,7 @@
 #include "numeric/fp4.h"
 #include "numeric/fp8.h"
 #include "quant/element.h"
+#include "quant/group_params.h"
 #include "quant/kernels.h"
 #include "quant/packing.h"
 
@@ -59,12 +60,12 @@ Status DequantizeRows(const QuantSpec& spec, DType scale_dtype, ConstQuantizedBu
             // The power of two is computed in the output dtype (f16 under/overflows, spec §7).
             const float scale = RoundTo(out_dtype, numeric::ExactPow2(fp_scales[group_index] - 127));
             const float element = spec.mode == QuantMode::kMxfp4 ? numeric::E2M1ToFloat(code)
-                                                                  : numeric::E4M3ToFloat(code);
+                                                                  : quant::E4M3Decode(spec.profile, code);
             value = RoundTo(out_dtype, element * scale);
             break;
           }
           case QuantMode::kNvfp4: {
-            float scale = numeric::E4M3ToFloat(fp_scales[group_index]);
+            float scale = quant::E4M3Decode(spec.profile, fp_scales[group_index]);
             if (spec.global_scale) scale = scale * global_factor;
             value = RoundTo(out_dtype, numeric::E2M1ToFloat(code) * scale);
             break;

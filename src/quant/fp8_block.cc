@@ -9,8 +9,8 @@
 
 namespace stquant {
 
-void DecodeBlockFp8Rows(const uint8_t* codes, int64_t first_row, int64_t rows, int64_t cols, const void* scales,
-                        DType scale_dtype, uint16_t* out) {
+int64_t DecodeBlockFp8Rows(QuantProfile profile, const uint8_t* codes, int64_t first_row, int64_t rows, int64_t cols,
+                           const void* scales, DType scale_dtype, uint16_t* out) {
   const std::array<float, 256>& e4m3 = numeric::E4M3Table();
   const int64_t scale_cols = (cols + kFp8BlockSize - 1) / kFp8BlockSize;
   std::vector<float> row_scales(scale_cols);
@@ -27,9 +27,11 @@ void DecodeBlockFp8Rows(const uint8_t* codes, int64_t first_row, int64_t rows, i
     const uint8_t* row = codes + r * cols;
     uint16_t* row_out = out + r * cols;
     for (int64_t c = 0; c < cols; ++c) {
+      if (profile != QuantProfile::kMlxCpu0322 && (row[c] & 0x7F) == 0x7F) return r * cols + c;
       row_out[c] = numeric::BF16FromFloat(e4m3[row[c]] * row_scales[c / kFp8BlockSize]);
     }
   }
+  return -1;
 }
 
 }  // namespace stquant

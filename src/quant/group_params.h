@@ -53,6 +53,12 @@ inline uint8_t NvScaleByte(DType dtype, float amax, bool global_scale, float enc
   return numeric::E4M3FromFloat(s);
 }
 
+// E4M3 bytes as the profile's MLX from_fp8 reads them: 0x7F/0xFF are +-480 up to MLX 0.32.2 and
+// NaN from 0.32.3 on (E4M3FN). stquant never writes those codes; they only come from other data.
+inline float E4M3Decode(QuantProfile profile, uint8_t code) {
+  return profile == QuantProfile::kMlxCpu0322 ? numeric::E4M3ToFloat(code) : numeric::E4M3FnToFloat(code);
+}
+
 // nvfp4's encode factor 2688/g = (448 * 6) / global_scale, in float32.
 inline float NvEncodeFactor(const QuantSpec& spec, float global_scale) {
   return spec.global_scale ? 2688.0f / global_scale : 1.0f;
