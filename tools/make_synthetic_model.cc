@@ -25,6 +25,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <map>
+#include <numbers>
 #include <optional>
 #include <string>
 #include <vector>
@@ -80,7 +81,7 @@ class Normal {
       return spare_;
     }
     const double r = std::sqrt(-2.0 * std::log(Uniform()));
-    const double theta = 2.0 * M_PI * Uniform();
+    const double theta = 2.0 * std::numbers::pi * Uniform();
     spare_ = r * std::sin(theta);
     has_spare_ = true;
     return r * std::cos(theta);
