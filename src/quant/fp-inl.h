@@ -15,6 +15,7 @@
 #endif
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 
 #include "numeric/e8m0.h"
@@ -43,7 +44,8 @@ HWY_INLINE VI E2M1ArgminSmallCount(VF x) {
   return hn::Or(magnitude, hn::IfThenElseZero(hn::And(negative, nonzero), hn::Set(di, 8)));
 }
 
-// The same code with one table lookup. Every E2M1 midpoint m (0.25 .. 5) has at most 2 mantissa
+// The same code (in the low byte of each lane; bytes 2-3 are not cleared, see EmitStep) with one
+// table lookup. Every E2M1 midpoint m (0.25 .. 5) has at most 2 mantissa
 // bits, so |x| > m exactly when u = ceil(bits(|x|) / 2^21) > bits(m) / 2^21. With u clamped to
 // 503 + [0, 15], a 16-entry table gives the magnitude for |x| > 0.25 (u >= 501); 0.25 itself is
 // the one threshold below the table and is a separate comparison (it also drops the sign of a
@@ -62,8 +64,8 @@ HWY_INLINE VI E2M1ArgminSmall(VF x) {
   const VI magnitude_bits = hn::And(bits, hn::Set(di, 0x7FFFFFFF));
   VI key = hn::ShiftRight<21>(hn::Add(magnitude_bits, hn::Set(di, 0x1FFFFF - (503 << 21))));
   key = hn::Min(hn::Max(key, hn::Zero(di)), hn::Set(di, 15));
-  // Bytes 1..3 of each key lane are 0 and read table[0]; the And keeps byte 0.
-  const VI magnitude = hn::And(hn::BitCast(di, hn::TableLookupBytes(table, hn::BitCast(d8, key))), hn::Set(di, 0xF));
+  // Bytes 1..3 of each key lane are 0 and read table[0] (= 1): garbage that EmitStep ignores.
+  const VI magnitude = hn::BitCast(di, hn::TableLookupBytes(table, hn::BitCast(d8, key)));
   const VI sign = hn::And(hn::ShiftRight<28>(bits), hn::Set(di, 8));
   const auto above_quarter = hn::Gt(magnitude_bits, hn::Set(di, 0x3E800000));  // 0.25f
   return hn::IfThenElseZero(above_quarter, hn::Or(magnitude, sign));
@@ -154,43 +156,69 @@ HWY_INLINE void EmitGroupCodes(const uint8_t* codes, int gs, uint8_t* out) {
   }
 }
 
+// Per-chunk group parameters of the fp modes (one entry per group), prepared one chunk ahead of
+// the encoding as in affine-inl.h.
+struct FpChunk {
+  HWY_ALIGN int32_t exponent[kMaxLanes];  // mx: e
+  HWY_ALIGN int32_t fast[kMaxLanes];      // nv: -1 where the fast path applies
+  HWY_ALIGN float scale[kMaxLanes];       // nv: the decoded E4M3 scale
+};
+
+// mx pass 1 for groups [g0, g0 + count): exponents into `chunk`, scale bytes into scales[g].
+template <DType kT, QuantMode kMode>
+HWY_INLINE int64_t MxPrepareChunk(QuantProfile profile, int gs, const void* row, int64_t g0, int64_t count,
+                                  FpChunk& chunk, uint8_t* scales) {
+  constexpr float kMaxVal = kMode == QuantMode::kMxfp4 ? 6.0f : 448.0f;
+  const DF df;
+  const DI di;
+  VF amax = hn::Zero(df);
+  const int64_t bad = ChunkAbsMax<kT>(row, g0 * gs, count, gs, amax);
+  if (HWY_UNLIKELY(bad >= 0)) return bad;
+  // MxExponent, kMlxCpu: s = T(amax / maxval); the smallest e with 2^e >= s (0 for s == 0).
+  // For a normal s = 2^E (1 + m), e = E + (m != 0), within [-126, 126].
+  const VF s = RoundToT<kT>(hn::Div(amax, hn::Set(df, kMaxVal)));
+  const VI s_bits = hn::BitCast(di, s);
+  const VI biased = hn::ShiftRight<23>(s_bits);
+  const VI has_mantissa = hn::VecFromMask(di, hn::Ne(hn::And(s_bits, hn::Set(di, 0x7FFFFF)), hn::Zero(di)));
+  VI e = hn::Sub(hn::Sub(biased, hn::Set(di, 127)), has_mantissa);  // mask is -1: subtracting adds 1
+  e = hn::IfThenZeroElse(hn::Eq(s_bits, hn::Zero(di)), e);
+  hn::Store(e, di, chunk.exponent);
+  const bool special = profile != QuantProfile::kMlxCpu ||
+                       !hn::AllFalse(di, hn::And(hn::Eq(biased, hn::Zero(di)), hn::Ne(s_bits, hn::Zero(di))));
+  if (HWY_UNLIKELY(special)) {  // subnormal s, or the 0.32.2 profile's log2: the scalar rule
+    HWY_ALIGN float amax_of[kMaxLanes];
+    hn::Store(amax, df, amax_of);
+    for (int64_t g = 0; g < count; ++g) chunk.exponent[g] = MxExponent(profile, kT, amax_of[g], kMaxVal);
+  }
+  // MxScaleByte: e + 127 as uint8 (wrapping).
+  for (int64_t g = 0; g < count; ++g) scales[g0 + g] = MxScaleByte(chunk.exponent[g]);
+  return -1;
+}
+
 // mxfp4 / mxfp8 row encoder: packed codes (4 or 8 bits) to `out`, U8 scales to scales[g].
-// Returns the column of the first group holding NaN/Inf (nothing is encoded from its chunk on), or -1.
+// Returns the column of the first group holding NaN/Inf (outputs are then unspecified), or -1.
 template <DType kT, QuantMode kMode>
 HWY_NOINLINE int64_t MxEncodeRowT(QuantProfile profile, int gs, const void* row, int64_t cols, uint8_t* out,
                                   uint8_t* scales) {
   constexpr bool kFp4 = kMode == QuantMode::kMxfp4;
   constexpr int kBits = kFp4 ? 4 : 8;
-  constexpr float kMaxVal = kFp4 ? 6.0f : 448.0f;
   const DF df;
-  const DI di;
   const int64_t n = static_cast<int64_t>(hn::Lanes(df));
   const int64_t groups = cols / gs;
-  HWY_ALIGN int32_t exponent_of[kMaxLanes];
-  HWY_ALIGN float amax_of[kMaxLanes];
-  for (int64_t g0 = 0; g0 < groups; g0 += n) {
+  FpChunk chunks[2];
+  if (groups == 0) return -1;
+  int64_t bad = MxPrepareChunk<kT, kMode>(profile, gs, row, 0, std::min<int64_t>(n, groups), chunks[0], scales);
+  if (HWY_UNLIKELY(bad >= 0)) return bad;
+  for (int64_t g0 = 0, c = 0; g0 < groups; g0 += n, ++c) {
     const int64_t count = std::min<int64_t>(n, groups - g0);
-    VF amax = hn::Zero(df);
-    const int64_t bad = ChunkAbsMax<kT>(row, g0 * gs, count, gs, amax);
-    if (HWY_UNLIKELY(bad >= 0)) return bad;
-    // MxExponent, kMlxCpu: s = T(amax / maxval); the smallest e with 2^e >= s (0 for s == 0).
-    // For a normal s = 2^E (1 + m), e = E + (m != 0), within [-126, 126].
-    const VF s = RoundToT<kT>(hn::Div(amax, hn::Set(df, kMaxVal)));
-    const VI s_bits = hn::BitCast(di, s);
-    const VI biased = hn::ShiftRight<23>(s_bits);
-    const VI has_mantissa = hn::VecFromMask(di, hn::Ne(hn::And(s_bits, hn::Set(di, 0x7FFFFF)), hn::Zero(di)));
-    VI e = hn::Sub(hn::Sub(biased, hn::Set(di, 127)), has_mantissa);  // mask is -1: subtracting adds 1
-    e = hn::IfThenZeroElse(hn::Eq(s_bits, hn::Zero(di)), e);
-    hn::Store(e, di, exponent_of);
-    const bool special = profile != QuantProfile::kMlxCpu ||
-                         !hn::AllFalse(di, hn::And(hn::Eq(biased, hn::Zero(di)), hn::Ne(s_bits, hn::Zero(di))));
-    if (HWY_UNLIKELY(special)) {  // subnormal s, or the 0.32.2 profile's log2: the scalar rule
-      hn::Store(amax, df, amax_of);
-      for (int64_t g = 0; g < count; ++g) exponent_of[g] = MxExponent(profile, kT, amax_of[g], kMaxVal);
+    if (g0 + n < groups) {
+      bad = MxPrepareChunk<kT, kMode>(profile, gs, row, g0 + n, std::min<int64_t>(n, groups - g0 - n),
+                                      chunks[(c + 1) & 1], scales);
+      if (HWY_UNLIKELY(bad >= 0)) return bad;
     }
+    const FpChunk& chunk = chunks[c & 1];
     for (int64_t g = 0; g < count; ++g) {
-      const int exponent = exponent_of[g];
-      scales[g0 + g] = MxScaleByte(exponent);
+      const int exponent = chunk.exponent[g];
       const int64_t start = (g0 + g) * gs;
       uint8_t* group_out = out + start * kBits / 8;
       if (HWY_UNLIKELY(exponent < -126 || exponent > 126)) {
@@ -219,12 +247,40 @@ HWY_NOINLINE int64_t MxEncodeRowT(QuantProfile profile, int gs, const void* row,
           odd = RoundToT<kT>(odd);
         }
         if constexpr (kFp4) {
-          EmitStep<4>(E2M1ArgminSmall(even), E2M1ArgminSmall(odd), out + (start + j) / 2);
+          EmitStep4(E2M1ArgminSmall(even), E2M1ArgminSmall(odd), out + (start + j) / 2);
         } else {
-          EmitStep<8>(E4M3Encode(even), E4M3Encode(odd), out + start + j);
+          EmitStep8(E4M3Encode(even), E4M3Encode(odd), out + start + j);
         }
       }
     }
+  }
+  return -1;
+}
+
+// nv pass 1 for groups [g0, g0 + count): scales and fast-path flags into `chunk`, bytes into scales[g].
+template <DType kT>
+HWY_INLINE int64_t NvPrepareChunk(bool global_scale, int gs, const void* row, int64_t g0, int64_t count,
+                                  float encode, FpChunk& chunk, uint8_t* scales) {
+  const DF df;
+  const DI di;
+  VF amax = hn::Zero(df);
+  const int64_t bad = ChunkAbsMax<kT>(row, g0 * gs, count, gs, amax);
+  if (HWY_UNLIKELY(bad >= 0)) return bad;
+  // NvScaleByte: to_fp8(T(amax / 6) [* encode]).
+  VF s = RoundToT<kT>(hn::Div(amax, hn::Set(df, 6.0f)));
+  if (global_scale) s = hn::Mul(s, hn::Set(df, encode));
+  HWY_ALIGN int32_t byte_of[kMaxLanes];
+  hn::Store(E4M3Encode(s), di, byte_of);
+  // Fast path where 2^-9 <= s <= 400 (false for NaN): the decoded scale d = to_fp8(s) >= s / 2
+  // and |w| <= amax, so every |T(w / d) [* encode]| <= ~12.1: inside E2M1ArgminSmall's range
+  // and f16's, and d != 0.
+  const auto fast = hn::And(hn::Ge(s, hn::Set(df, 1.0f / 512.0f)), hn::Le(s, hn::Set(df, 400.0f)));
+  hn::Store(hn::VecFromMask(di, hn::RebindMask(di, fast)), di, chunk.fast);
+  const std::array<float, 256>& e4m3 = numeric::E4M3Table();
+  for (int64_t g = 0; g < count; ++g) {
+    const uint8_t byte = static_cast<uint8_t>(byte_of[g]);
+    scales[g0 + g] = byte;
+    chunk.scale[g] = e4m3[byte];
   }
   return -1;
 }
@@ -234,34 +290,26 @@ template <DType kT>
 HWY_NOINLINE int64_t NvEncodeRowT(bool global_scale, int gs, const void* row, int64_t cols, float encode,
                                   uint8_t* out, uint8_t* scales) {
   const DF df;
-  const DI di;
   const int64_t n = static_cast<int64_t>(hn::Lanes(df));
   const int64_t groups = cols / gs;
-  const std::array<float, 256>& e4m3 = numeric::E4M3Table();
-  HWY_ALIGN int32_t byte_of[kMaxLanes];
-  HWY_ALIGN int32_t fast_of[kMaxLanes];
   const VF encode_v = hn::Set(df, encode);
-  for (int64_t g0 = 0; g0 < groups; g0 += n) {
+  FpChunk chunks[2];
+  if (groups == 0) return -1;
+  int64_t bad = NvPrepareChunk<kT>(global_scale, gs, row, 0, std::min<int64_t>(n, groups), encode, chunks[0], scales);
+  if (HWY_UNLIKELY(bad >= 0)) return bad;
+  for (int64_t g0 = 0, c = 0; g0 < groups; g0 += n, ++c) {
     const int64_t count = std::min<int64_t>(n, groups - g0);
-    VF amax = hn::Zero(df);
-    const int64_t bad = ChunkAbsMax<kT>(row, g0 * gs, count, gs, amax);
-    if (HWY_UNLIKELY(bad >= 0)) return bad;
-    // NvScaleByte: to_fp8(T(amax / 6) [* encode]).
-    VF s = RoundToT<kT>(hn::Div(amax, hn::Set(df, 6.0f)));
-    if (global_scale) s = hn::Mul(s, encode_v);
-    hn::Store(E4M3Encode(s), di, byte_of);
-    // Fast path where 2^-9 <= s <= 400 (false for NaN): the decoded scale d = to_fp8(s) >= s / 2
-    // and |w| <= amax, so every |T(w / d) [* encode]| <= ~12.1: inside E2M1ArgminSmall's range
-    // and f16's, and d != 0.
-    const auto fast = hn::And(hn::Ge(s, hn::Set(df, 1.0f / 512.0f)), hn::Le(s, hn::Set(df, 400.0f)));
-    hn::Store(hn::VecFromMask(di, hn::RebindMask(di, fast)), di, fast_of);
+    if (g0 + n < groups) {
+      bad = NvPrepareChunk<kT>(global_scale, gs, row, g0 + n, std::min<int64_t>(n, groups - g0 - n), encode,
+                               chunks[(c + 1) & 1], scales);
+      if (HWY_UNLIKELY(bad >= 0)) return bad;
+    }
+    const FpChunk& chunk = chunks[c & 1];
     for (int64_t g = 0; g < count; ++g) {
-      const uint8_t byte = static_cast<uint8_t>(byte_of[g]);
-      scales[g0 + g] = byte;
-      const float scale = e4m3[byte];
+      const float scale = chunk.scale[g];
       const int64_t start = (g0 + g) * gs;
       uint8_t* group_out = out + start / 2;
-      if (HWY_UNLIKELY(!fast_of[g])) {
+      if (HWY_UNLIKELY(!chunk.fast[g])) {
         uint8_t codes[128];
         if (scale == 0.0f) {
           // w / 0 is +-Inf or NaN, and MLX's argmin gives code 0 for both.
@@ -282,7 +330,7 @@ HWY_NOINLINE int64_t NvEncodeRowT(bool global_scale, int gs, const void* row, in
           even = hn::Mul(even, encode_v);
           odd = hn::Mul(odd, encode_v);
         }
-        EmitStep<4>(E2M1ArgminSmall(even), E2M1ArgminSmall(odd), out + (start + j) / 2);
+        EmitStep4(E2M1ArgminSmall(even), E2M1ArgminSmall(odd), out + (start + j) / 2);
       }
     }
   }

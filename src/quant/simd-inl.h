@@ -183,21 +183,34 @@ struct MaxOp {
   HWY_INLINE V operator()(V a, V b) const { return hn::Max(a, b); }
 };
 
-// Writes the codes of one step (even/odd code vectors, int32 lanes holding 0 .. 2^kBits-1):
-// kBits 4 -> N bytes at out (two codes per byte, even in the low nibble); kBits 8 -> 2N bytes.
+// Writes the codes of one step from the even/odd code vectors: kBits 4 -> N bytes at out (two
+// codes per byte, even in the low nibble); kBits 8 -> 2N bytes. Each lane holds its code in the
+// low byte (< 2^kBits); for kBits 8 byte 1 must be 0; the other bytes are ignored (truncation
+// drops them, so the callers need not clear them).
 template <int kBits>
-HWY_INLINE void EmitStep(VI even, VI odd, uint8_t* out) {
-  const DI di;
+HWY_INLINE void EmitStep(VU even, VU odd, uint8_t* out) {
+  const DU du;
+  static_assert(kBits == 4 || kBits == 8, "4 or 8 bits");
+  const VU pair = hn::Or(even, hn::ShiftLeft<kBits>(odd));
   if constexpr (kBits == 4) {
-    const hn::Rebind<uint8_t, DI> d8;
-    hn::StoreU(hn::DemoteTo(d8, hn::Or(even, hn::ShiftLeft<4>(odd))), d8, out);
+    const hn::Rebind<uint8_t, DU> d8;
+#if HWY_HAVE_SCALABLE
+    hn::StoreU(hn::DemoteTo(d8, hn::BitCast(DI(), hn::And(pair, hn::Set(du, 0xFFu)))), d8, out);
+#else
+    hn::StoreU(hn::TruncateTo(d8, pair), d8, out);
+#endif
   } else {
-    static_assert(kBits == 8, "4 or 8 bits");
-    const hn::Rebind<uint16_t, DI> d16;
-    hn::StoreU(hn::DemoteTo(d16, hn::Or(even, hn::ShiftLeft<8>(odd))), d16, reinterpret_cast<uint16_t*>(out));
+    const hn::Rebind<uint16_t, DU> d16;
+    auto* out16 = reinterpret_cast<uint16_t*>(out);
+#if HWY_HAVE_SCALABLE
+    hn::StoreU(hn::DemoteTo(d16, hn::BitCast(DI(), hn::And(pair, hn::Set(du, 0xFFFFu)))), d16, out16);
+#else
+    hn::StoreU(hn::TruncateTo(d16, pair), d16, out16);
+#endif
   }
-  (void)di;
 }
+HWY_INLINE void EmitStep4(VI even, VI odd, uint8_t* out) { EmitStep<4>(hn::BitCast(DU(), even), hn::BitCast(DU(), odd), out); }
+HWY_INLINE void EmitStep8(VI even, VI odd, uint8_t* out) { EmitStep<8>(hn::BitCast(DU(), even), hn::BitCast(DU(), odd), out); }
 
 // 3, 5, 6 bits: 8 codes (one u64 of bytes) -> 8*kBits contiguous bits = kBits bytes.
 template <int kBits>
