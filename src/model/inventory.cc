@@ -5,6 +5,7 @@
 #include <set>
 #include <utility>
 
+#include "safetensors/format.h"
 #include "util/file.h"
 
 namespace stquant::model {
@@ -47,19 +48,19 @@ Result<std::string> ReadSmallFile(const std::string& path) {
   return text;
 }
 
+// `name` quoted for a one-line message: control characters escaped (a hostile name cannot break
+// the line).
+std::string Quoted(std::string_view name) {
+  std::string quoted = "'";
+  quoted += safetensors::internal::Printable(name);
+  quoted += '\'';
+  return quoted;
+}
+
 // The one adapter between nlohmann's exceptions and Status for the model's JSON files.
 Result<json> ReadJsonObject(const std::string& path) {
   STQ_ASSIGN_OR_RETURN(std::string text, ReadSmallFile(path));
-  json value;
-  try {
-    value = json::parse(text);
-  } catch (const json::exception& e) {
-    return Status::InvalidInput("'" + path + "': invalid JSON: " + e.what());
-  }
-  if (!value.is_object()) {
-    return Status::InvalidInput("'" + path + "': expected a JSON object, got " + std::string(value.type_name()));
-  }
-  return value;
+  return ParseJsonObjectText(text, path);
 }
 
 // A shard named by the index must be a plain file inside the model directory.
@@ -92,6 +93,50 @@ std::string Lower(std::string s) {
 
 }  // namespace
 
+Result<json> ParseJsonObjectText(std::string_view text, const std::string& path) {
+  json value;
+  try {
+    value = json::parse(text);
+  } catch (const json::exception& e) {
+    // nlohmann's message quotes the last token read; escape it so that the message stays one line.
+    return Status::InvalidInput(Quoted(path) + ": invalid JSON: " + safetensors::internal::Printable(e.what()));
+  }
+  if (!value.is_object()) {
+    return Status::InvalidInput(Quoted(path) + ": expected a JSON object, got " + std::string(value.type_name()));
+  }
+  return value;
+}
+
+Result<IndexFile> ParseIndexText(std::string_view text, const std::string& index_path) {
+  STQ_ASSIGN_OR_RETURN(json index, ParseJsonObjectText(text, index_path));
+  const std::string where = Quoted(index_path);
+  const json* weight_map = ObjectMember(index, "weight_map");
+  if (weight_map == nullptr || !weight_map->is_object()) {
+    return Status::InvalidInput(where + ": missing \"weight_map\" object");
+  }
+  IndexFile parsed;
+  for (const auto& [tensor, shard] : weight_map->items()) {
+    if (!shard.is_string()) {
+      return Status::InvalidInput(where + ": weight_map entry " + Quoted(tensor) + " is not a string");
+    }
+    std::string name = shard.get<std::string>();
+    if (!IsBareFileName(name)) {
+      return Status::InvalidInput(where + ": weight_map entry " + Quoted(tensor) + ": shard " + Quoted(name) +
+                                  " must be a bare file name inside the model directory");
+    }
+    if (!EndsWith(name, kSuffix)) {
+      return Status::InvalidInput(where + ": weight_map entry " + Quoted(tensor) + ": shard " + Quoted(name) +
+                                  " is not a .safetensors file");
+    }
+    parsed.weight_map.emplace(tensor, std::move(name));
+  }
+  if (parsed.weight_map.empty()) return Status::InvalidInput(where + ": weight_map is empty");
+  const json* metadata = ObjectMember(index, "metadata");
+  const json* total = metadata ? ObjectMember(*metadata, "total_size") : nullptr;
+  if (total != nullptr && total->is_number_unsigned()) parsed.total_size = total->get<uint64_t>();
+  return parsed;
+}
+
 const TensorRef* Inventory::Find(std::string_view name) const {
   auto it = tensors_.find(name);
   return it == tensors_.end() ? nullptr : &it->second;
@@ -108,7 +153,7 @@ Status Inventory::AddShard(std::string file_name, std::string path) {
   for (const safetensors::TensorInfo& info : reader->tensors()) {
     auto [it, inserted] = tensors_.try_emplace(info.name, TensorRef{index, &info});
     if (!inserted) {
-      return Status::InvalidInput("duplicate tensor '" + info.name + "': found in both '" +
+      return Status::InvalidInput("duplicate tensor " + Quoted(info.name) + ": found in both '" +
                                   shards_[it->second.shard].path + "' and '" + path + "'");
     }
   }
@@ -156,61 +201,47 @@ Result<Inventory> Inventory::Open(const std::string& dir) {
   const std::string index_path = Join(dir, kIndexName);
   if (Exists(index_path)) {
     inv.has_index_ = true;
-    STQ_ASSIGN_OR_RETURN(json index, ReadJsonObject(index_path));
-    const json* weight_map = ObjectMember(index, "weight_map");
-    if (weight_map == nullptr || !weight_map->is_object()) {
-      return Status::InvalidInput("'" + index_path + "': missing \"weight_map\" object");
-    }
-    std::map<std::string, std::string> indexed;  // tensor -> shard file name
+    STQ_ASSIGN_OR_RETURN(std::string index_text, ReadSmallFile(index_path));
+    STQ_ASSIGN_OR_RETURN(IndexFile index, ParseIndexText(index_text, index_path));
+    const std::map<std::string, std::string>& indexed = index.weight_map;  // tensor -> shard file name
     std::set<std::string> shard_names;
-    for (const auto& [tensor, shard] : weight_map->items()) {
-      if (!shard.is_string()) {
-        return Status::InvalidInput("'" + index_path + "': weight_map entry '" + tensor + "' is not a string");
-      }
-      std::string name = shard.get<std::string>();
-      if (!IsBareFileName(name)) {
-        return Status::InvalidInput("'" + index_path + "': weight_map entry '" + tensor + "': shard '" + name +
-                                    "' must be a bare file name inside the model directory");
-      }
-      if (!EndsWith(name, kSuffix)) {
-        return Status::InvalidInput("'" + index_path + "': weight_map entry '" + tensor + "': shard '" + name +
-                                    "' is not a .safetensors file");
-      }
-      shard_names.insert(name);
-      indexed.emplace(tensor, std::move(name));
-    }
-    if (indexed.empty()) return Status::InvalidInput("'" + index_path + "': weight_map is empty");
+    for (const auto& [tensor, shard] : indexed) shard_names.insert(shard);
     for (const std::string& name : shard_names) {
-      Status status = inv.AddShard(name, Join(dir, name));
+      const std::string path = Join(dir, name);
+      // A shard the index names but the directory lacks is a malformed (incomplete) model, not an
+      // I/O failure. A dangling symlink counts as missing too.
+      if (!Exists(path)) {
+        return Status::InvalidInput(Quoted(index_path) + " names shard " + Quoted(name) + ", which does not exist in " +
+                                    Quoted(dir) + " (incomplete download?)");
+      }
+      Status status = inv.AddShard(name, path);
       if (!status.ok()) return status.Annotate("shard named by '" + index_path + "'");
     }
     // The index and the headers must agree both ways.
     for (const auto& [tensor, shard] : indexed) {
       const TensorRef* ref = inv.Find(tensor);
       if (ref == nullptr) {
-        return Status::InvalidInput("tensor '" + tensor + "' is indexed in '" + shard + "' by '" + index_path +
-                                    "' but not found there");
+        return Status::InvalidInput("tensor " + Quoted(tensor) + " is indexed in " + Quoted(shard) + " by '" +
+                                    index_path + "' but not found there");
       }
       const std::string& actual = inv.shards_[ref->shard].file_name;
       if (actual != shard) {
-        return Status::InvalidInput("tensor '" + tensor + "' is indexed in '" + shard + "' by '" + index_path +
-                                    "' but found in '" + actual + "'");
+        return Status::InvalidInput("tensor " + Quoted(tensor) + " is indexed in " + Quoted(shard) + " by '" +
+                                    index_path + "' but found in '" + actual + "'");
       }
     }
     for (const auto& [tensor, ref] : inv.tensors_) {
       if (!indexed.contains(tensor)) {
-        return Status::InvalidInput("tensor '" + tensor + "' of '" + inv.shards_[ref.shard].path +
+        return Status::InvalidInput("tensor " + Quoted(tensor) + " of '" + inv.shards_[ref.shard].path +
                                     "' is missing from '" + index_path + "'");
       }
     }
     // total_size is informational in the HF format and some real checkpoints get it wrong.
-    const json* metadata = ObjectMember(index, "metadata");
-    const json* total = metadata ? ObjectMember(*metadata, "total_size") : nullptr;
-    if (total != nullptr && total->is_number_unsigned()) {
+    if (index.total_size) {
       uint64_t sum = 0;
       for (const auto& [tensor, ref] : inv.tensors_) sum += ref.info->nbytes();
-      if (total->get<uint64_t>() != sum) {
-        inv.warnings_.push_back("'" + index_path + "': metadata.total_size " + std::to_string(total->get<uint64_t>()) +
+      if (*index.total_size != sum) {
+        inv.warnings_.push_back("'" + index_path + "': metadata.total_size " + std::to_string(*index.total_size) +
                                 " differs from the " + std::to_string(sum) + " bytes of tensor data in the shards");
       }
     }

@@ -42,6 +42,20 @@ struct TensorRef {
   const safetensors::TensorInfo* info = nullptr;    // owned by that shard's Reader
 };
 
+// The parsed model.safetensors.index.json: tensor -> shard file name, every shard a bare
+// ".safetensors" file name (no '/', no '..', no absolute path: a shard cannot live outside the
+// model directory; a symlink inside it may point anywhere, as in the HF cache).
+struct IndexFile {
+  std::map<std::string, std::string> weight_map;
+  std::optional<uint64_t> total_size;  // metadata.total_size, when an unsigned integer
+};
+
+// Pure parsers of the model directory's JSON files (no I/O; any byte string is safe input; used
+// by Inventory::Open and by fuzz/model_index_fuzz.cc). Errors are InvalidInput, one line, naming
+// `path` (and the tensor for index entries); names from the file are printed escaped.
+Result<nlohmann::json> ParseJsonObjectText(std::string_view text, const std::string& path);
+Result<IndexFile> ParseIndexText(std::string_view text, const std::string& path);
+
 class Inventory {
  public:
   // Reads a model directory (see the layout above). Errors name the file and, where one is

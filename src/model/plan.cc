@@ -1,6 +1,8 @@
 // PlanConversion: the pure planning step of `stquant convert` (headers only).
 #include <algorithm>
 #include <array>
+#include <charconv>
+#include <limits>
 #include <filesystem>
 #include <map>
 #include <regex>
@@ -13,6 +15,7 @@
 #include "model/arch.h"
 #include "model/inventory.h"
 #include "model/plan_internal.h"
+#include "safetensors/format.h"
 #include "stquant/convert.h"
 #include "stquant/fp8_block.h"
 
@@ -29,6 +32,15 @@ bool EndsWith(std::string_view s, std::string_view suffix) {
 
 bool IsFloat(DType d) { return d == DType::kBF16 || d == DType::kF16 || d == DType::kF32; }
 
+// A tensor name for a one-line message (control characters escaped).
+std::string P(std::string_view name) { return safetensors::internal::Printable(name); }
+
+// Shapes are planned only when their non-zero dimensions multiply to at most this, so that no
+// size computed from a shape (elements x bits, cols x bits) can overflow. Real tensors are far
+// below (their bytes exist); only a zero-size tensor can declare more.
+constexpr int64_t kMaxNominalElements = int64_t{1} << 56;
+
+// REQUIRES: the shape passed the kMaxNominalElements check.
 int64_t Elements(const std::vector<int64_t>& shape) {
   int64_t n = 1;
   for (int64_t d : shape) n *= d;
@@ -83,7 +95,11 @@ int64_t RecipeLayerIndex(const std::string& path, size_t location) {
   const size_t end = path.find('.', start);
   const std::string part = path.substr(start, end == std::string::npos ? std::string::npos : end - start);
   if (part.empty() || !std::all_of(part.begin(), part.end(), ::isdigit)) return 0;
-  return std::stoll(part);
+  // Python's int() has no upper bound; a number past int64 is simply beyond every layer.
+  int64_t index = 0;
+  const auto [end_ptr, ec] = std::from_chars(part.data(), part.data() + part.size(), index);
+  if (ec != std::errc() || end_ptr != part.data() + part.size()) return std::numeric_limits<int64_t>::max();
+  return index;
 }
 
 struct QuantChoice {
@@ -143,14 +159,14 @@ Result<PlanContext> BuildPlan(const ConvertOptions& options) {
     const TensorInfo* info = inv.FindInfo(name);
     if (info->dtype == DType::kF8E5M2 && EndsWith(name, ".weight")) {
       return Status::Unsupported(fmt::format("{}: tensor '{}' is F8_E5M2; only E4M3 block-FP8 weights are supported",
-                                             options.source_dir, name));
+                                             options.source_dir, P(name)));
     }
     if (info->dtype == DType::kF8E4M3) {
       const std::string scale = Fp8ScaleName(inv, name);
       if (scale.empty()) {
         return Status::InvalidInput(fmt::format(
-            "{}: tensor '{}' is F8_E4M3 but has no '{}_scale_inv' or '{}_scale' companion", options.source_dir, name,
-            name, name));
+            "{}: tensor '{}' is F8_E4M3 but has no '{}_scale_inv' or '{}_scale' companion", options.source_dir, P(name),
+            P(name), P(name)));
       }
       companions.insert(scale);
     }
@@ -175,7 +191,7 @@ Result<PlanContext> BuildPlan(const ConvertOptions& options) {
   for (auto& [name, pending] : outputs) {
     if (!pending.single.empty() && !pending.experts.empty()) {
       return Status::InvalidInput(fmt::format("{}: tensor '{}' exists both stacked and as per-expert tensors",
-                                              options.source_dir, name));
+                                              options.source_dir, P(name)));
     }
     PlannedTensor t;
     t.name = name;
@@ -187,7 +203,7 @@ Result<PlanContext> BuildPlan(const ConvertOptions& options) {
       for (const auto& [index, source] : pending.experts) {
         if (index != expected++) {
           return Status::InvalidInput(fmt::format("{}: experts of '{}' are not numbered 0..{} (expert {} missing)",
-                                                  options.source_dir, name, pending.experts.size() - 1, expected - 1));
+                                                  options.source_dir, P(name), pending.experts.size() - 1, expected - 1));
         }
         sources.push_back(source);
       }
@@ -197,8 +213,8 @@ Result<PlanContext> BuildPlan(const ConvertOptions& options) {
       const TensorInfo* info = inv.FindInfo(s);
       if (info->dtype != first->dtype || info->shape != first->shape) {
         return Status::InvalidInput(fmt::format(
-            "{}: experts stacked into '{}' differ: '{}' is {} {} but '{}' is {} {}", options.source_dir, name,
-            first->name, DTypeName(first->dtype), fmt::join(first->shape, "x"), info->name, DTypeName(info->dtype),
+            "{}: experts stacked into '{}' differ: '{}' is {} {} but '{}' is {} {}", options.source_dir, P(name),
+            P(first->name), DTypeName(first->dtype), fmt::join(first->shape, "x"), P(info->name), DTypeName(info->dtype),
             fmt::join(info->shape, "x")));
       }
       PlannedSource source{s, ""};
@@ -210,11 +226,18 @@ Result<PlanContext> BuildPlan(const ConvertOptions& options) {
     t.source_dtype = first->dtype;
     t.shape = first->shape;
     if (sources.size() > 1) t.shape.insert(t.shape.begin(), static_cast<int64_t>(sources.size()));
+    if (const auto nominal = safetensors::internal::NonZeroElementCount(t.shape);
+        !nominal || *nominal > kMaxNominalElements) {
+      return Status::InvalidInput(fmt::format(
+          "{}: tensor '{}': shape [{}] is out of range: its non-zero dimensions multiply to more than 2^56 (corrupt "
+          "header?)",
+          options.source_dir, P(first->name), fmt::join(t.shape, ", ")));
+    }
     if (t.source_dtype == DType::kF8E4M3) {
       // 2-D weights, or 3-D pre-stacked experts with one [E, sr, sc] scale (ollama-create-spec §6.6).
       if (first->shape.size() != 2 && first->shape.size() != 3) {
         return Status::Unsupported(fmt::format("{}: F8_E4M3 tensor '{}' has rank {}; block-FP8 weights must be 2-D or 3-D",
-                                               options.source_dir, first->name, first->shape.size()));
+                                               options.source_dir, P(first->name), first->shape.size()));
       }
       for (const PlannedSource& s : t.sources) {
         const TensorInfo* sc = inv.FindInfo(s.fp8_scale);
@@ -224,7 +247,7 @@ Result<PlanContext> BuildPlan(const ConvertOptions& options) {
         if (sc->shape != want || (sc->dtype != DType::kF32 && sc->dtype != DType::kBF16)) {
           return Status::InvalidInput(fmt::format(
               "{}: tensor '{}': unexpected fp8 scale '{}' {} [{}] for weight shape [{}]; want F32 or BF16 [{}]",
-              options.source_dir, s.tensor, sc->name, DTypeName(sc->dtype), fmt::join(sc->shape, ", "),
+              options.source_dir, P(s.tensor), P(sc->name), DTypeName(sc->dtype), fmt::join(sc->shape, ", "),
               fmt::join(first->shape, ", "), fmt::join(want, ", ")));
         }
       }
@@ -262,11 +285,20 @@ Result<PlanContext> BuildPlan(const ConvertOptions& options) {
       ++position;
     }
     recipe_location = position;
-    num_layers = inv.config().value("num_hidden_layers", int64_t{0});
+    if (auto it = inv.config().find("num_hidden_layers"); it != inv.config().end()) {
+      // Bounded, so that 7 * num_layers below cannot overflow.
+      if (!it->is_number_integer() || it->get<int64_t>() < 0 || it->get<int64_t>() > (int64_t{1} << 32)) {
+        return Status::InvalidInput(fmt::format("{}: config.json: num_hidden_layers {} is not a layer count (--recipe needs one)",
+                                                options.source_dir, P(it->dump())));
+      }
+      num_layers = it->get<int64_t>();
+    }
   }
   for (PlannedTensor& t : plan.tensors) {
     QuantChoice choice;
-    const bool candidate = options.quant && EndsWith(t.name, ".weight") && t.shape.size() >= 2 && IsFloat(t.dtype);
+    // A last dimension of 0 has no groups to quantize (and would divide by zero below).
+    const bool candidate = options.quant && EndsWith(t.name, ".weight") && t.shape.size() >= 2 &&
+                           t.shape.back() > 0 && IsFloat(t.dtype);
     if (candidate) {
       const std::string path = t.name.substr(0, t.name.size() - 7);
       // mlx-lm checks the model-wide group size first, whatever the layer gets.
@@ -309,7 +341,7 @@ Result<PlanContext> BuildPlan(const ConvertOptions& options) {
         if (!decided) choice.spec = options.quant;
         if (choice.spec && t.shape.back() % choice.spec->group_size != 0) {
           return Status::InvalidArgument(fmt::format(
-              "tensor '{}': last dimension {} is not divisible by the group size {} chosen for it", t.name,
+              "tensor '{}': last dimension {} is not divisible by the group size {} chosen for it", P(t.name),
               t.shape.back(), choice.spec->group_size));
         }
       }

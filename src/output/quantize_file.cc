@@ -11,6 +11,7 @@
 #include <fmt/format.h>
 
 #include "output/tensor_stream.h"
+#include "safetensors/format.h"
 #include "stquant/safetensors.h"
 
 namespace stquant {
@@ -23,6 +24,25 @@ using safetensors::TensorInfo;
 using safetensors::Writer;
 
 constexpr std::string_view kWeightSuffix = ".weight";
+
+// A tensor name for a one-line message (control characters escaped).
+std::string P(std::string_view name) { return safetensors::internal::Printable(name); }
+
+// Shapes are processed only when their non-zero dimensions multiply to at most this, so that no
+// size computed from a shape (cols x bits, words x 32) can overflow. Tensors with data are far
+// below; only a zero-size tensor can declare more.
+constexpr int64_t kMaxNominalElements = int64_t{1} << 56;
+
+Status CheckNominalShape(const std::string& path, const TensorInfo& info) {
+  const auto nominal = safetensors::internal::NonZeroElementCount(info.shape);
+  if (!nominal || *nominal > kMaxNominalElements) {
+    return Status::InvalidInput(fmt::format(
+        "{}: tensor '{}': shape {} is out of range: its non-zero dimensions multiply to more than 2^56 (corrupt "
+        "header?)",
+        path, P(info.name), safetensors::internal::ShapeString(info.shape)));
+  }
+  return Status::Ok();
+}
 
 bool EndsWith(std::string_view s, std::string_view suffix) {
   return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
@@ -103,7 +123,8 @@ Status QuantizeFile(const std::string& input_path, const std::string& output_pat
                    (!selector || std::regex_match(info.name, *selector));
     if (job.quantize) {
       STQ_RETURN_IF_ERROR(ValidateQuantInput(spec, info.dtype, info.shape)
-                              .Annotate(fmt::format("{}: tensor '{}'", input_path, info.name)));
+                              .Annotate(fmt::format("{}: tensor '{}'", input_path, P(info.name))));
+      STQ_RETURN_IF_ERROR(CheckNominalShape(input_path, info));
       job.names = NamesFor(info.name, options.naming);
     }
     jobs.push_back(std::move(job));
@@ -131,7 +152,7 @@ Status QuantizeFile(const std::string& input_path, const std::string& output_pat
     if (!seen.insert(decl.name).second) {
       return Status::InvalidArgument(fmt::format(
           "{}: output tensor name '{}' would be written twice (the input already has a tensor of that name)",
-          input_path, decl.name));
+          input_path, P(decl.name)));
     }
   }
   std::sort(decls.begin(), decls.end(), [](const TensorDecl& a, const TensorDecl& b) { return a.name < b.name; });
@@ -179,7 +200,7 @@ std::optional<int> ParseInt(const std::string& text) {
 // The spec of a layer from __metadata__ (per tensor first, then uniform) or its shapes.
 Result<QuantSpec> LayerSpec(const Reader& reader, const QuantizedLayer& layer, const DequantizeFileOptions& options) {
   const std::string& name = layer.output_name;
-  auto context = [&] { return fmt::format("{}: tensor '{}'", reader.path(), name); };
+  auto context = [&] { return fmt::format("{}: tensor '{}'", reader.path(), P(name)); };
   std::optional<std::string> type, group;
   if (reader.metadata()) {
     const auto& metadata = *reader.metadata();
@@ -191,6 +212,8 @@ Result<QuantSpec> LayerSpec(const Reader& reader, const QuantizedLayer& layer, c
     type = lookup("quant_type");
     group = lookup("group_size");
   }
+  STQ_RETURN_IF_ERROR(CheckNominalShape(reader.path(), *layer.sources.packed));
+  STQ_RETURN_IF_ERROR(CheckNominalShape(reader.path(), *layer.sources.scales));
   QuantSpec spec;
   const int64_t words = layer.sources.packed->shape.empty() ? 0 : layer.sources.packed->shape.back();
   const int64_t groups = layer.sources.scales->shape.empty() ? 0 : layer.sources.scales->shape.back();
@@ -198,7 +221,12 @@ Result<QuantSpec> LayerSpec(const Reader& reader, const QuantizedLayer& layer, c
     return Status::InvalidInput(fmt::format("{}: packed shape and scales shape do not fit any MLX mode", context()));
   }
   if (type) {
-    STQ_ASSIGN_OR_RETURN(spec, ParseQuantType(*type));
+    Result<QuantSpec> parsed = ParseQuantType(*type);
+    if (!parsed.ok()) {
+      // The type comes from the file: a bad one is a malformed input, not a bad argument.
+      return Status::InvalidInput(fmt::format("{}: quant_type metadata: {}", context(), P(parsed.status().message())));
+    }
+    spec = *parsed;
   } else if (layer.sources.scales->dtype == DType::kU8) {
     // Packed words per scale: 32/8 elements per word for 4-bit modes, 32/4 for mxfp8.
     const int64_t ratio = words / groups;
@@ -230,7 +258,9 @@ Result<QuantSpec> LayerSpec(const Reader& reader, const QuantizedLayer& layer, c
   }
   if (group) {
     const std::optional<int> parsed = ParseInt(*group);
-    if (!parsed) return Status::InvalidInput(fmt::format("{}: group_size metadata '{}' is not an integer", context(), *group));
+    if (!parsed) {
+      return Status::InvalidInput(fmt::format("{}: group_size metadata '{}' is not an integer", context(), P(*group)));
+    }
     spec.group_size = *parsed;
   }
   if (options.bits) spec.bits = *options.bits;
@@ -247,6 +277,18 @@ Result<QuantSpec> LayerSpec(const Reader& reader, const QuantizedLayer& layer, c
   }
   if (spec.mode == QuantMode::kAffine && layer.sources.biases == nullptr) {
     return Status::InvalidInput(fmt::format("{}: affine quantization needs biases", context()));
+  }
+  if (spec.mode == QuantMode::kAffine) {
+    const DType scale_dtype = layer.sources.scales->dtype;
+    if (scale_dtype != DType::kBF16 && scale_dtype != DType::kF16 && scale_dtype != DType::kF32) {
+      return Status::InvalidInput(fmt::format("{}: affine scales '{}' are {}; they must be BF16, F16 or F32", context(),
+                                              P(layer.sources.scales->name), DTypeName(scale_dtype)));
+    }
+    if (layer.sources.biases->dtype != scale_dtype) {
+      return Status::InvalidInput(fmt::format("{}: biases '{}' are {} but scales are {}", context(),
+                                              P(layer.sources.biases->name), DTypeName(layer.sources.biases->dtype),
+                                              DTypeName(scale_dtype)));
+    }
   }
   return spec;
 }
@@ -301,15 +343,15 @@ Status DequantizeFile(const std::string& input_path, const std::string& output_p
     if (shape.size() < 2 || layer.sources.scales->shape.size() != shape.size() ||
         !std::equal(shape.begin(), shape.end() - 1, layer.sources.scales->shape.begin())) {
       return Status::InvalidInput(fmt::format("{}: tensor '{}': packed and scales shapes disagree in their leading dims",
-                                              input_path, layer.output_name));
+                                              input_path, P(layer.output_name)));
     }
     if (layer.sources.biases && layer.sources.biases->shape != layer.sources.scales->shape) {
       return Status::InvalidInput(fmt::format("{}: tensor '{}': biases shape differs from scales shape", input_path,
-                                              layer.output_name));
+                                              P(layer.output_name)));
     }
     if (layer.global_scale && (layer.global_scale->dtype != DType::kF32 || layer.global_scale->nbytes() != 4)) {
       return Status::InvalidInput(fmt::format("{}: tensor '{}': global scale must be one F32 value", input_path,
-                                              layer.global_scale->name));
+                                              P(layer.global_scale->name)));
     }
     shape.back() = shape.back() * 32 / spec.bits;
     decls.push_back({layer.output_name, out_dtype, shape});

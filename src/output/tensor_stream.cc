@@ -54,6 +54,8 @@ Status ForEachBlock(const RowSource& source, int64_t block_rows,
 }  // namespace
 
 Status CopyRows(const RowSource& source, const WriteTarget& target, const std::function<void(uint64_t)>& progress) {
+  // A zero-size tensor may declare any last dimension: allocate nothing for it.
+  if (source.rows == 0) return Status::Ok();
   const int64_t row_bytes = source.cols * DTypeBits(source.dtype) / 8;
   const int64_t block_rows = std::max<int64_t>(1, std::min<int64_t>(source.rows, RowsPerBlock(row_bytes)));
   std::vector<uint8_t> buffer(block_rows * row_bytes);
@@ -67,6 +69,7 @@ Status CopyRows(const RowSource& source, const WriteTarget& target, const std::f
 }
 
 Result<float> RowsAbsMax(const RowSource& source) {
+  if (source.rows == 0) return 0.0f;
   const int64_t row_bytes = source.cols * DTypeBits(source.dtype) / 8;
   const int64_t block_rows = std::max<int64_t>(1, std::min<int64_t>(source.rows, RowsPerBlock(row_bytes)));
   std::vector<uint8_t> buffer(block_rows * row_bytes);
@@ -85,6 +88,7 @@ Result<float> RowsAbsMax(const RowSource& source) {
 
 Status QuantizeRowSource(const RowSource& source, const QuantSpec& spec, float global_scale,
                          const QuantizedTargets& targets, int threads, const std::function<void(uint64_t)>& progress) {
+  if (source.rows == 0) return Status::Ok();
   const int64_t cols = source.cols;
   const int64_t row_bytes = cols * ElementBytes(source.dtype);
   const int64_t words_per_row = PackedWordsPerRow(spec, cols);

@@ -30,6 +30,17 @@ Status DequantizeRows(const QuantSpec& spec, DType scale_dtype, ConstQuantizedBu
   if (spec.mode == QuantMode::kNvfp4 && spec.global_scale && out_dtype != DType::kF32) {
     return Status::InvalidArgument("[dequantize] nvfp4 with a global scale dequantizes to float32 (as MLX's CPU backend)");
   }
+  if (spec.mode == QuantMode::kAffine && scale_dtype != DType::kBF16 && scale_dtype != DType::kF16 &&
+      scale_dtype != DType::kF32) {
+    // The kernel reads scales and biases as elements of scale_dtype: anything else would be read
+    // with the wrong width.
+    return Status::InvalidArgument(fmt::format(
+        "[dequantize] affine scales and biases must be bfloat16, float16 or float32 but have type {}.",
+        DTypeName(scale_dtype)));
+  }
+  if (rows < 0 || cols < 0) {
+    return Status::InvalidArgument(fmt::format("[dequantize] negative size {} x {}", rows, cols));
+  }
   if (cols % spec.group_size != 0) {
     return Status::InvalidArgument(fmt::format("[dequantize] last dimension {} is not a multiple of the group size {}",
                                                cols, spec.group_size));

@@ -29,6 +29,16 @@ std::optional<int64_t> ElementCount(std::span<const int64_t> shape) {
   return count;
 }
 
+std::optional<int64_t> NonZeroElementCount(std::span<const int64_t> shape) {
+  int64_t count = 1;
+  for (const int64_t dim : shape) {
+    if (dim == 0) continue;
+    if (dim < 0 || count > std::numeric_limits<int64_t>::max() / dim) return std::nullopt;
+    count *= dim;
+  }
+  return count;
+}
+
 std::optional<uint64_t> ByteSize(int64_t elements, DType dtype) {
   // Split elements = 8q + r so that bits = 8*q*b + r*b: q*b bytes are always whole, and only the
   // r*b remainder (r < 8) can leave a partial byte.

@@ -17,6 +17,11 @@ namespace stquant::safetensors::internal {
 // REQUIRES: every dimension >= 0.
 std::optional<int64_t> ElementCount(std::span<const int64_t> shape);
 
+// Product of the non-zero dimensions of `shape`, or nullopt when it exceeds INT64_MAX. Consumers
+// that do arithmetic on single dimensions (a row of `cols` elements times the bits per element)
+// bound it, since a zero-size tensor can declare any other dimension.
+std::optional<int64_t> NonZeroElementCount(std::span<const int64_t> shape);
+
 // Bytes occupied by `elements` elements of `dtype`, or nullopt when the bit count is not a whole
 // number of bytes (possible only for the 4- and 6-bit dtypes). Never overflows: with elements
 // <= INT64_MAX and at most 64 bits each the result is below 2^63 + 64.

@@ -265,8 +265,40 @@ TEST_F(ModelDirTest, IndexEmpty) {
 TEST_F(ModelDirTest, IndexedShardMissing) {
   WriteConfig();
   WriteText("model.safetensors.index.json", R"({"weight_map": {"a": "model-00001-of-00001.safetensors"}})");
-  EXPECT_THAT(Open(), StatusIs(StatusCode::kIoError,
-                               AllOf(HasSubstr("shard named by"), HasSubstr("model-00001-of-00001.safetensors"))));
+  // A missing shard is an incomplete model (exit 2), not a failure of the OS (exit 3).
+  EXPECT_THAT(Open(), StatusIs(StatusCode::kInvalidInput,
+                               AllOf(HasSubstr("names shard 'model-00001-of-00001.safetensors', which does not exist"),
+                                     HasSubstr("model.safetensors.index.json"))));
+}
+
+TEST_F(ModelDirTest, IndexedShardDanglingSymlink) {
+  WriteConfig();
+  fs::create_symlink("../../blobs/missing", Path("model.safetensors"));
+  WriteText("model.safetensors.index.json", R"({"weight_map": {"a": "model.safetensors"}})");
+  ExpectInvalidInput("names shard 'model.safetensors', which does not exist");
+}
+
+TEST_F(ModelDirTest, HostileNamesInIndexAreEscaped) {
+  WriteConfig();
+  WriteShard("model.safetensors", {Bf16("a")});
+  WriteText("model.safetensors.index.json",
+            "{\"weight_map\": {\"a\": \"model.safetensors\", \"b\\n\\u001b[2J\": \"model.safetensors\"}}");
+  EXPECT_THAT(Open(), StatusIs(StatusCode::kInvalidInput, HasSubstr("tensor 'b\\x0a\\x1b[2J' is indexed")));
+}
+
+TEST(ParseIndexTextTest, AcceptsBareShardNamesOnly) {
+  auto parsed = ParseIndexText(R"({"weight_map": {"a": "x.safetensors"}, "metadata": {"total_size": 8}})", "i.json");
+  ASSERT_THAT(parsed, IsOk());
+  EXPECT_EQ(parsed->weight_map.at("a"), "x.safetensors");
+  EXPECT_EQ(parsed->total_size, 8u);
+  for (const char* shard : {"../x.safetensors", "/x.safetensors", "d/x.safetensors", "..", "x.bin"}) {
+    SCOPED_TRACE(shard);
+    EXPECT_THAT(ParseIndexText(std::string(R"({"weight_map": {"a": ")") + shard + "\"}}", "i.json"),
+                StatusIs(StatusCode::kInvalidInput, HasSubstr("'i.json': weight_map entry 'a': shard")));
+  }
+  EXPECT_THAT(ParseIndexText("{\"a\": ", "i.json"), StatusIs(StatusCode::kInvalidInput, HasSubstr("invalid JSON")));
+  EXPECT_THAT(ParseJsonObjectText("[1]", "c.json"),
+              StatusIs(StatusCode::kInvalidInput, HasSubstr("expected a JSON object, got array")));
 }
 
 TEST_F(ModelDirTest, IndexedTensorNotInShard) {
