@@ -19,13 +19,20 @@
 
 namespace stquant {
 
-enum class OutputLayout { kMlx };
+// kMlx:    an mlx_lm.load directory (-o DIR).
+// kOllama: a model in an ollama model store (--name NAME): content-addressed safetensors blobs and a
+//          manifest (ollama-create-spec §6, §9), what `ollama create --experimental` writes.
+enum class OutputLayout { kMlx, kOllama };
 
 // Which tensors get which quantization.
 //   kMlxLm: what mlx_lm.convert quantizes: every Linear / Embedding / SwitchLinear weight (a
 //           ".weight" of rank >= 2) whose last dimension the group size divides, minus the
 //           architecture's own exceptions (e.g. qwen3_moe routers are 8-bit affine, group 64).
-enum class QuantPolicy { kMlxLm };
+//   kOllama: ollama's importer policy (ollama-create-spec §7, §8): the default rules (embeddings,
+//           norms, routers, vision and audio kept; lm_head and v/k/down promoted to the family's
+//           8-bit type; unaligned or < 1024-element tensors kept) and the per-architecture
+//           policies. Never casts a kept tensor. The default of the ollama layout.
+enum class QuantPolicy { kMlxLm, kOllama };
 
 // --override REGEX=TYPE: the first pattern found in an output tensor's name decides its type;
 // `spec` nullopt means "keep unquantized".
@@ -48,6 +55,17 @@ struct ConvertOptions {
   QuantProfile profile = QuantProfile::kMlxCpu;
   int threads = 0;                    // 0: all cores
   bool force = false;                 // replace an existing output directory
+
+  // Layout kOllama.
+  std::string model_name;  // "foo", "me/foo:v1", "host/ns/foo:tag" (ollama-create-spec §9.3)
+  // The store root; empty: $OLLAMA_MODELS, else ~/.ollama/models.
+  std::string models_dir;
+  // A Modelfile (FROM, TEMPLATE, SYSTEM, LICENSE, PARAMETER, PARSER, RENDERER, REQUIRES, DRAFT);
+  // empty: none. Its FROM replaces `source_dir` when that is empty.
+  std::string modelfile;
+  // A draft (MTP) model imported beside the target (tensor prefix "draft.", configs "draft/").
+  std::string draft_dir;
+  std::optional<QuantSpec> draft_quant;
 };
 
 // Where one output tensor's values come from.
@@ -73,12 +91,15 @@ struct PlannedTensor {
   bool has_config_entry = false;
   std::string entry_mode;
   uint64_t output_bytes = 0;  // all of its output tensors
+  // Layout kOllama: the blob (manifest layer) that holds this tensor.
+  std::string blob;
 };
 
 struct ConversionPlan {
   std::string architecture;  // config model_type
   std::string source_kind;   // "float", "block-fp8"
-  std::vector<PlannedTensor> tensors;  // sorted by name
+  std::vector<PlannedTensor> tensors;  // sorted by name (layout kOllama: in blob order)
+  std::string policy;                  // "mlx-lm", or "ollama/<family>"
   std::optional<QuantSpec> default_quant;
   uint64_t input_bytes = 0;   // the source tensors read
   uint64_t output_bytes = 0;  // tensor data written
@@ -110,6 +131,10 @@ struct ConvertSummary {
   int shards = 0;
   double seconds = 0.0;
   uint64_t peak_rss_bytes = 0;
+  // Layout kOllama.
+  std::string manifest_path;
+  uint64_t layers = 0;
+  uint64_t blobs_reused = 0;  // layers whose blob was already in the store
 };
 
 // Plans and carries out a conversion. `progress` (optional) is called from the converting thread

@@ -21,7 +21,9 @@ struct ConvertCommandOptions {
   std::optional<int> bits, group_size;
   std::vector<std::string> overrides;
   std::string layout = "mlx";
-  std::string policy = "mlx-lm";
+  std::string policy;  // default: the layout's (mlx-lm for mlx, ollama for ollama)
+  std::string name, models_dir, modelfile, draft, draft_type;
+
   std::string profile = "mlx-cpu";
   std::string shard_size = "5GiB";
   int threads = 0;
@@ -75,6 +77,29 @@ Result<ConvertOptions> BuildOptions(const ConvertCommandOptions& o) {
   ConvertOptions options;
   options.source_dir = o.source;
   options.output_dir = o.output;
+  options.layout = o.layout == "ollama" ? OutputLayout::kOllama : OutputLayout::kMlx;
+  const std::string policy = !o.policy.empty() ? o.policy : o.layout == "ollama" ? "ollama" : "mlx-lm";
+  options.policy = policy == "ollama" ? QuantPolicy::kOllama : QuantPolicy::kMlxLm;
+  if (options.layout == OutputLayout::kOllama) {
+    if (!o.output.empty()) return Status::InvalidArgument("--layout ollama writes into a model store: give --name NAME, not -o");
+    if (o.name.empty()) return Status::InvalidArgument("--layout ollama needs --name NAME");
+    if (o.source.empty() && o.modelfile.empty()) return Status::InvalidArgument("give the source directory or -f Modelfile");
+    options.model_name = o.name;
+    options.models_dir = o.models_dir;
+    options.modelfile = o.modelfile;
+    options.draft_dir = o.draft;
+    if (!o.draft_type.empty()) {
+      QuantSpec draft_spec;
+      STQ_ASSIGN_OR_RETURN(draft_spec, ParseQuantType(o.draft_type));
+      options.draft_quant = draft_spec;
+    }
+  } else {
+    if (o.output.empty()) return Status::InvalidArgument("the mlx layout needs -o DIR");
+    if (o.source.empty()) return Status::InvalidArgument("the source directory is required");
+    if (!o.name.empty() || !o.models_dir.empty() || !o.modelfile.empty() || !o.draft.empty() || !o.draft_type.empty()) {
+      return Status::InvalidArgument("--name, --models-dir, -f, --draft and --draft-quantize need --layout ollama");
+    }
+  }
   STQ_ASSIGN_OR_RETURN(options.quant, SpecFromOptions(o));
   STQ_ASSIGN_OR_RETURN(options.profile, ParseQuantProfile(o.profile));
   options.recipe = o.recipe;
@@ -92,7 +117,7 @@ Result<ConvertOptions> BuildOptions(const ConvertCommandOptions& o) {
     }
     options.overrides.push_back(std::move(override_rule));
   }
-  if (!options.overrides.empty() && !options.quant) {
+  if (!options.overrides.empty() && !options.quant && options.policy != QuantPolicy::kOllama) {
     return Status::InvalidArgument("--override needs a default quantization type (-q TYPE)");
   }
   STQ_ASSIGN_OR_RETURN(options.shard_bytes, ParseSize(o.shard_size));
@@ -146,9 +171,21 @@ Status RunConvert(const ConvertCommandOptions& o) {
   const ConvertSummary& s = *result;
   if (!o.quiet) {
     const double bpw = s.parameters ? 8.0 * s.output_bytes / s.parameters : 0.0;
-    std::printf("converted %s -> %s\n", options.source_dir.c_str(), options.output_dir.c_str());
-    std::printf("  tensors    %llu written (%llu quantized), %d shard%s\n", static_cast<unsigned long long>(s.tensors),
-                static_cast<unsigned long long>(s.quantized_tensors), s.shards, s.shards == 1 ? "" : "s");
+    if (options.layout == OutputLayout::kOllama) {
+      std::printf("Created safetensors model '%s'\n", options.model_name.c_str());
+      std::printf("  manifest   %s\n", s.manifest_path.c_str());
+      std::printf("  layers     %llu (%llu blobs already in the store)\n", static_cast<unsigned long long>(s.layers),
+                  static_cast<unsigned long long>(s.blobs_reused));
+    } else {
+      std::printf("converted %s -> %s\n", options.source_dir.c_str(), options.output_dir.c_str());
+    }
+    if (options.layout == OutputLayout::kOllama) {
+      std::printf("  tensors    %llu written (%llu quantized)\n", static_cast<unsigned long long>(s.tensors),
+                  static_cast<unsigned long long>(s.quantized_tensors));
+    } else {
+      std::printf("  tensors    %llu written (%llu quantized), %d shard%s\n", static_cast<unsigned long long>(s.tensors),
+                  static_cast<unsigned long long>(s.quantized_tensors), s.shards, s.shards == 1 ? "" : "s");
+    }
     std::printf("  size       %s in -> %s out, %.3f bits per weight (%llu parameters)\n",
                 HumanBytes(s.input_bytes).c_str(), HumanBytes(s.output_bytes).c_str(), bpw,
                 static_cast<unsigned long long>(s.parameters));
@@ -164,11 +201,15 @@ void RegisterConvertCommand(CLI::App& app, Status* status) {
   auto o = std::make_shared<ConvertCommandOptions>();
   CLI::App* cmd = app.add_subcommand(
       "convert", "Convert a Hugging Face checkpoint (bf16/f16/f32 or block-FP8) into an MLX (mlx-lm) model directory");
-  cmd->add_option("source", o->source, "Hugging Face model directory (config.json + *.safetensors)")->required();
-  cmd->add_option("-o,--output", o->output, "output directory (must not exist, unless --force)")->required();
+  cmd->add_option("source", o->source,
+                  "Hugging Face model directory (config.json + *.safetensors); with --layout ollama it may come from "
+                  "the Modelfile's FROM instead");
+  cmd->add_option("-o,--output", o->output, "output directory (must not exist, unless --force); mlx layout");
   cmd->add_option("-q,--quantize", o->type,
                   "type: int2..int8 (affine, group 64), mxfp4, mxfp8, nvfp4; none: no quantization. A block-FP8 "
-                  "source is decoded first, so any type works with it");
+                  "source is decoded first, so any type works with it (unlike ollama, which refuses -q for FP8 "
+                  "sources). --policy ollama: int4 (q4, fp4), int8 (q8, fp8), nvfp4, mxfp4, mxfp8 only; without "
+                  "-q a block-FP8 source becomes mxfp8 (tensors the policy declines are decoded to BF16)");
   cmd->add_option("--mode", o->mode, "MLX mode instead of -q: affine, mxfp4, mxfp8, nvfp4");
   cmd->add_option("--bits", o->bits, "bits per weight (affine: 2, 3, 4, 5, 6, 8)");
   cmd->add_option("--group-size", o->group_size, "elements per scale (affine: 32, 64, 128)");
@@ -177,9 +218,22 @@ void RegisterConvertCommand(CLI::App& app, Status* status) {
   cmd->add_option("--override", o->overrides,
                   "REGEX=TYPE: tensors whose name contains a match get TYPE (int4, mxfp8, ... or keep); first match "
                   "wins; repeatable");
-  cmd->add_option("--layout", o->layout, "output layout: mlx (an mlx_lm.load directory)")->check(CLI::IsMember({"mlx"}));
-  cmd->add_option("--policy", o->policy, "which tensors to quantize: mlx-lm (as mlx_lm.convert)")
-      ->check(CLI::IsMember({"mlx-lm"}));
+  cmd->add_option("--layout", o->layout,
+                  "output layout: mlx (an mlx_lm.load directory, -o DIR) or ollama (a model in an ollama store, "
+                  "--name NAME)")
+      ->check(CLI::IsMember({"mlx", "ollama"}));
+  cmd->add_option("--policy", o->policy,
+                  "which tensors to quantize: mlx-lm (as mlx_lm.convert; default for --layout mlx) or ollama (as "
+                  "ollama create --experimental; default and only choice for --layout ollama)")
+      ->check(CLI::IsMember({"mlx-lm", "ollama"}));
+  cmd->add_option("--name", o->name, "ollama layout: model name (foo, me/foo:v1, host/ns/foo:tag)");
+  cmd->add_option("--models-dir", o->models_dir,
+                  "ollama layout: the model store (default: $OLLAMA_MODELS, else ~/.ollama/models)");
+  cmd->add_option("-f,--modelfile", o->modelfile,
+                  "ollama layout: a Modelfile (FROM, TEMPLATE, SYSTEM, LICENSE, PARAMETER, PARSER, RENDERER, "
+                  "REQUIRES, DRAFT)");
+  cmd->add_option("--draft", o->draft, "ollama layout: a draft (MTP) model directory, imported with the draft. prefix");
+  cmd->add_option("--draft-quantize", o->draft_type, "ollama layout: quantization type of the draft model");
   cmd->add_option("--profile", o->profile, "numerics: mlx-cpu (MLX >= 0.32.3, default) or mlx-cpu-0.32.2")
       ->check(CLI::IsMember({"mlx-cpu", "mlx-cpu-0.32.2"}));
   cmd->add_option("--shard-size", o->shard_size, "largest output shard (binary units; default 5GiB, as mlx-lm)");

@@ -14,6 +14,7 @@
 
 #include "model/arch.h"
 #include "model/inventory.h"
+#include "model/ollama_policy.h"
 #include "model/plan_internal.h"
 #include "safetensors/format.h"
 #include "stquant/convert.h"
@@ -102,6 +103,53 @@ int64_t RecipeLayerIndex(const std::string& path, size_t location) {
   return index;
 }
 
+// HFFP8WeightBlockSize (ollama-create-spec §2.4): the block size of the six config quantization
+// blocks, or nullopt.
+std::optional<std::pair<int64_t, int64_t>> Fp8WeightBlockSize(const nlohmann::json& config) {
+  std::vector<const nlohmann::json*> blocks;
+  for (const nlohmann::json* root : {&config, config.contains("text_config") ? &config["text_config"] : nullptr}) {
+    if (!root || !root->is_object()) continue;
+    for (const char* key : {"quantization", "quantization_config", "compression_config"}) {
+      if (auto it = root->find(key); it != root->end() && it->is_object()) blocks.push_back(&*it);
+    }
+  }
+  auto lower = [](std::string s) {
+    for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    return s;
+  };
+  auto pair = [](const nlohmann::json& v) -> std::optional<std::pair<int64_t, int64_t>> {
+    if (!v.is_array() || v.size() != 2 || !v[0].is_number_integer() || !v[1].is_number_integer()) return std::nullopt;
+    return std::make_pair(v[0].get<int64_t>(), v[1].get<int64_t>());
+  };
+  for (const nlohmann::json* b : blocks) {
+    const std::string method = lower(b->value("quant_method", std::string()));
+    if (method == "fp8" && b->contains("weight_block_size")) {
+      if (auto p = pair((*b)["weight_block_size"])) return p;
+    }
+    if (method == "compressed-tensors" || b->value("format", std::string()) == "float-quantized") {
+      if (auto groups = b->find("config_groups"); groups != b->end() && groups->is_object()) {
+        for (const auto& [key, g] : groups->items()) {
+          if (!g.is_object() || g.value("format", std::string()) != "float-quantized") continue;
+          auto w = g.find("weights");
+          if (w == g.end() || !w->is_object() || w->value("num_bits", 0) != 8 || w->value("type", std::string()) != "float") {
+            continue;
+          }
+          if (auto bs = w->find("block_structure"); bs != w->end()) {
+            if (auto p = pair(*bs)) return p;
+          }
+        }
+      }
+    }
+  }
+  return std::nullopt;
+}
+
+Status UnsupportedOllamaType(const std::string& what, const QuantSpec& spec) {
+  return Status::InvalidArgument(fmt::format(
+      "unsupported {} \"{}\"{}: supported types are int4, int8, nvfp4, mxfp4, mxfp8", what, QuantTypeName(spec),
+      spec.mode == QuantMode::kAffine ? fmt::format(" (group {})", spec.group_size) : ""));
+}
+
 struct QuantChoice {
   std::optional<QuantSpec> spec;
   bool config_entry = false;
@@ -112,7 +160,7 @@ struct QuantChoice {
 
 namespace model {
 
-Result<PlanContext> BuildPlan(const ConvertOptions& options) {
+Result<PlanContext> BuildPlan(const ConvertOptions& options, bool draft) {
   PlanContext context;
   STQ_ASSIGN_OR_RETURN(Inventory inventory, Inventory::Open(options.source_dir));
   context.inventory = std::make_unique<Inventory>(std::move(inventory));
@@ -126,9 +174,43 @@ Result<PlanContext> BuildPlan(const ConvertOptions& options) {
         options.source_dir, SourceKindName(kind.kind), kind.detail));
   }
   plan.source_kind = std::string(SourceKindName(kind.kind));
+  const bool ollama_layout = options.layout == OutputLayout::kOllama;
+  const bool ollama_policy = options.policy == QuantPolicy::kOllama;
+  if (ollama_layout && !ollama_policy) {
+    return Status::InvalidArgument("the ollama layout takes the ollama policy only (--policy ollama)");
+  }
+  if (ollama_policy && !options.recipe.empty()) {
+    return Status::InvalidArgument("--recipe is an mlx-lm policy; it does not combine with --policy ollama");
+  }
+  if (ollama_policy && options.quant && OllamaTypeOf(*options.quant).empty()) {
+    return UnsupportedOllamaType("--quantize", *options.quant);
+  }
+  if (ollama_layout) {
+    for (const QuantOverride& o : options.overrides) {
+      if (o.spec && OllamaTypeOf(*o.spec).empty()) return UnsupportedOllamaType("--override type", *o.spec);
+    }
+  }
+  if (ollama_layout && kind.kind == SourceKind::kBlockFp8) {
+    const auto block = Fp8WeightBlockSize(inv.config());
+    if (!block) {
+      return Status::InvalidInput(fmt::format("{}: fp8 source model is missing weight_block_size metadata", options.source_dir));
+    }
+    if (block->first != kFp8BlockSize || block->second != kFp8BlockSize) {
+      return Status::Unsupported(fmt::format("{}: unsupported fp8 source block size {}x{} (only 128x128 is supported)",
+                                             options.source_dir, block->first, block->second));
+    }
+  }
+  std::optional<OllamaPolicy> ollama;
+  if (ollama_policy) {
+    STQ_ASSIGN_OR_RETURN(OllamaPolicy p, OllamaPolicy::ForConfig(inv.config()));
+    ollama = draft ? p.AsDraft() : p;
+    plan.policy = "ollama/" + std::string(ollama->FamilyName());
+  } else {
+    plan.policy = "mlx-lm";
+  }
   const ArchRules rules = RulesFor(inv.config());
   plan.architecture = rules.model_type;
-  if (!rules.known) {
+  if (!rules.known && !ollama_layout) {
     plan.warnings.push_back(fmt::format(
         "architecture '{}' is not one stquant has checked against mlx-lm; generic rules applied (every "
         "rank >= 2 .weight is treated as a Linear/Embedding, experts stacked into switch_mlp)",
@@ -151,7 +233,8 @@ Result<PlanContext> BuildPlan(const ConvertOptions& options) {
     }
     if (o.spec) STQ_RETURN_IF_ERROR(ValidateQuantSpec(*o.spec).Annotate("--override " + o.pattern));
   }
-  const std::optional<DType> cast_to = ConversionDType(inv.config());
+  // mlx_lm.convert casts to the config dtype; ollama never casts a kept tensor.
+  const std::optional<DType> cast_to = ollama_policy ? std::nullopt : ConversionDType(inv.config());
 
   // 1. Which source tensors make which output tensor (sanitize: drop, stack experts).
   std::set<std::string> companions;
@@ -176,10 +259,36 @@ Result<PlanContext> BuildPlan(const ConvertOptions& options) {
     std::string single;
   };
   std::map<std::string, Pending> outputs;
+  std::map<std::string, std::string> expert_group;  // ollama: stacked name -> group prefix
   for (const std::string& name : inv.names()) {
-    if (companions.count(name) || model::DroppedBySanitize(rules, name)) continue;
-    if (EndsWith(name, ".input_scale")) continue;  // FP8 activation scales: static-activation only
-    if (auto expert = model::ParseExpertName(name)) {
+    if (companions.count(name)) continue;
+    if (!ollama_layout) {
+      // mlx-lm's sanitize; ollama imports every tensor.
+      if (model::DroppedBySanitize(rules, name)) continue;
+      if (EndsWith(name, ".input_scale")) continue;  // FP8 activation scales: static-activation only
+    }
+    if (ollama_layout) {
+      // ollama-create-spec §6.2: "<prefix>.<index>.<proj>.weight" -> "<prefix>.<proj>.weight".
+      const std::string prefix = OllamaExpertGroupPrefix(name);
+      if (!prefix.empty()) {
+        const std::string rest = name.substr(prefix.size() + 1);
+        const size_t dot = rest.find('.');
+        const std::string index = rest.substr(0, dot);
+        if (dot != std::string::npos && dot > 0 && index.size() < 9 &&
+            std::all_of(index.begin(), index.end(), ::isdigit)) {
+          const std::string proj = rest.substr(dot + 1, rest.size() - dot - 1 - 7);
+          if (proj.empty()) {
+            return Status::InvalidInput(fmt::format("{}: expert tensor '{}' is not <index>.<projection>.weight",
+                                                    options.source_dir, name));
+          }
+          const std::string stacked = prefix + "." + proj + ".weight";
+          outputs[stacked].experts[std::stoi(index)] = name;
+          expert_group[stacked] = prefix;
+          continue;
+        }
+      }
+      outputs[name].single = name;
+    } else if (auto expert = model::ParseExpertName(name)) {
       Pending& p = outputs[expert->stacked_name];
       p.experts[expert->index] = name;
     } else {
@@ -294,7 +403,44 @@ Result<PlanContext> BuildPlan(const ConvertOptions& options) {
       num_layers = it->get<int64_t>();
     }
   }
+  // The requested type; ollama converts block-FP8 sources to mxfp8 by default.
+  const bool fp8_default = ollama_policy && !options.quant && kind.kind == SourceKind::kBlockFp8;
+  std::optional<QuantSpec> requested = options.quant;
+  if (fp8_default) {
+    requested = *OllamaTypeSpec("mxfp8");
+    requested->profile = options.profile;
+  }
   for (PlannedTensor& t : plan.tensors) {
+    if (!ollama_policy) break;
+    std::optional<QuantSpec> spec;
+    bool decided = false;
+    if (IsFloat(t.dtype) && t.shape.size() >= 2) {
+      for (const auto& [pattern, override_spec] : overrides) {
+        if (std::regex_search(t.name, pattern)) {
+          spec = override_spec;
+          decided = true;
+          break;
+        }
+      }
+    }
+    // Under the fp8 default only the FP8 weights are converted; other tensors pass through.
+    if (!decided && requested && IsFloat(t.dtype) && !(fp8_default && t.transform != TensorTransform::kDecodeFp8)) {
+      const std::string type = ollama->Type(t.name, t.shape, OllamaTypeOf(*requested));
+      if (!type.empty()) {
+        spec = OllamaTypeSpec(type);
+        spec->profile = requested->profile;
+      }
+    }
+    if (spec && (t.shape.empty() || t.shape.back() % spec->group_size != 0)) {
+      return Status::InvalidArgument(fmt::format("tensor '{}': last dimension {} is not divisible by the group size {} chosen for it",
+                                                 t.name, t.shape.empty() ? 0 : t.shape.back(), spec->group_size));
+    }
+    t.quant = spec;
+    t.has_config_entry = spec.has_value() && (!requested || !(*spec == *requested));
+    t.entry_mode = spec ? std::string(ModeInfo(spec->mode).name) : "";
+  }
+  for (PlannedTensor& t : plan.tensors) {
+    if (ollama_policy) break;
     QuantChoice choice;
     // A last dimension of 0 has no groups to quantize (and would divide by zero below).
     const bool candidate = options.quant && EndsWith(t.name, ".weight") && t.shape.size() >= 2 &&
@@ -366,7 +512,42 @@ Result<PlanContext> BuildPlan(const ConvertOptions& options) {
     }
     plan.output_bytes += t.output_bytes;
   }
-  plan.default_quant = options.quant;
+  plan.default_quant = requested;
+
+  // Blobs (ollama-create-spec §6.2): one per plain tensor, named after it; a stacked expert group's
+  // projections share one blob named after the group when they have one type, else one each.
+  // Order: plain blobs by name, then expert groups by prefix (block-FP8 groups last).
+  if (ollama_layout) {
+    std::map<std::string, std::vector<size_t>> groups;
+    std::vector<size_t> order;
+    for (size_t i = 0; i < plan.tensors.size(); ++i) {
+      PlannedTensor& t = plan.tensors[i];
+      auto g = expert_group.find(t.name);
+      if (g == expert_group.end()) {
+        t.blob = t.name;
+        order.push_back(i);
+      } else {
+        groups[g->second].push_back(i);
+      }
+    }
+    for (int fp8_pass = 0; fp8_pass < 2; ++fp8_pass) {
+      for (const auto& [prefix, members] : groups) {
+        const bool fp8 = plan.tensors[members.front()].transform == TensorTransform::kDecodeFp8;
+        if (fp8 != (fp8_pass == 1)) continue;
+        bool uniform = true;
+        for (size_t m : members) uniform &= plan.tensors[m].quant == plan.tensors[members.front()].quant;
+        for (size_t m : members) {
+          plan.tensors[m].blob = uniform ? prefix : plan.tensors[m].name;
+          order.push_back(m);
+        }
+      }
+    }
+    std::vector<PlannedTensor> ordered;
+    ordered.reserve(order.size());
+    for (size_t i : order) ordered.push_back(std::move(plan.tensors[i]));
+    plan.tensors = std::move(ordered);
+  }
+
 
   // 5. Files copied beside the weights: everything at the top level but weights, the config and
   // the index (tokenizer, generation config, chat templates, license, ...).

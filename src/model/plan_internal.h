@@ -13,6 +13,7 @@ struct PlanContext {
   ConversionPlan plan;
 };
 
-Result<PlanContext> BuildPlan(const ConvertOptions& options);
+// `draft`: the ollama policy's draftPolicy (ollama-create-spec §7) for a draft model.
+Result<PlanContext> BuildPlan(const ConvertOptions& options, bool draft = false);
 
 }  // namespace stquant::model

@@ -12,6 +12,7 @@
 
 #include "model/arch.h"
 #include "model/plan_internal.h"
+#include "output/ollama_layout.h"
 #include "output/output_dir.h"
 #include "output/planned_rows.h"
 #include "output/tensor_stream.h"
@@ -139,6 +140,7 @@ uint64_t PeakRssBytes() {
 
 Result<ConvertSummary> Convert(const ConvertOptions& options,
                                const std::function<void(const ConvertProgress&)>& progress) {
+  if (options.layout == OutputLayout::kOllama) return output::ConvertToOllamaStore(options, progress);
   const auto start = std::chrono::steady_clock::now();
   STQ_ASSIGN_OR_RETURN(model::PlanContext context, model::BuildPlan(options));
   const Inventory& inv = *context.inventory;

@@ -1,0 +1,283 @@
+#include "output/ollama_layout.h"
+
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "model/ollama_meta.h"
+#include "model/ollama_policy.h"
+#include "model/plan_internal.h"
+#include "output/ollama_store.h"
+#include "output/planned_rows.h"
+#include "output/tensor_stream.h"
+
+namespace stquant::output {
+
+namespace {
+
+namespace fs = std::filesystem;
+using safetensors::TensorDecl;
+using safetensors::Writer;
+
+Result<std::string> ReadWholeFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return Status::IoError(fmt::format("cannot read '{}'", path));
+  std::ostringstream s;
+  s << in.rdbuf();
+  if (in.bad()) return Status::IoError(fmt::format("cannot read '{}'", path));
+  return s.str();
+}
+
+struct Progress {
+  ConvertProgress state;
+  const std::function<void(const ConvertProgress&)>* callback = nullptr;
+};
+
+// Writes one tensor blob: the planned tensors `members` (in order), names prefixed by `prefix`.
+Result<OllamaLayer> WriteTensorBlob(OllamaStore& store, const model::Inventory& inv,
+                                    const std::vector<const PlannedTensor*>& members, const std::string& prefix,
+                                    const ConvertOptions& options, Progress& progress, ConvertSummary& summary) {
+  std::vector<TensorDecl> decls;
+  for (const PlannedTensor* t : members) {
+    const std::string name = prefix + t->name;
+    if (!t->quant) {
+      decls.push_back({name, t->dtype, t->shape});
+      continue;
+    }
+    std::vector<int64_t> packed = t->shape, scales = t->shape;
+    packed.back() = PackedWordsPerRow(*t->quant, t->shape.back());
+    scales.back() = GroupsPerRow(*t->quant, t->shape.back());
+    decls.push_back({name, DType::kU32, packed});
+    decls.push_back({name + ".scale", ScaleDType(*t->quant, t->dtype), scales});
+    if (ModeInfo(t->quant->mode).has_biases) decls.push_back({name + ".bias", t->dtype, scales});
+    if (t->quant->global_scale) decls.push_back({name + ".global_scale", DType::kF32, {}});
+  }
+  // __metadata__ (ollama-create-spec §6.5 step 6): uniform quant_type/group_size, else per tensor;
+  // none without quantization.
+  std::optional<std::map<std::string, std::string>> metadata;
+  const bool any = std::any_of(members.begin(), members.end(), [](const PlannedTensor* t) { return t->quant.has_value(); });
+  if (any) {
+    metadata.emplace();
+    const bool uniform = std::all_of(members.begin(), members.end(), [&](const PlannedTensor* t) {
+      return t->quant && model::OllamaTypeOf(*t->quant) == model::OllamaTypeOf(*members.front()->quant) &&
+             t->quant->group_size == members.front()->quant->group_size;
+    });
+    for (const PlannedTensor* t : members) {
+      if (!t->quant) continue;
+      const std::string type = QuantTypeName(*t->quant), group = std::to_string(t->quant->group_size);
+      if (uniform) {
+        (*metadata)["quant_type"] = type;
+        (*metadata)["group_size"] = group;
+      } else {
+        (*metadata)[prefix + t->name + ".quant_type"] = type;
+        (*metadata)[prefix + t->name + ".group_size"] = group;
+      }
+    }
+  }
+  const std::string blob_name = prefix + members.front()->blob;
+  const std::string temp = store.NewTempPath();
+  STQ_ASSIGN_OR_RETURN(std::unique_ptr<Writer> writer,
+                       Writer::Create(temp, std::move(decls), metadata));
+  auto target = [&](const std::string& name) { return WriteTarget{writer.get(), *writer->IndexOf(name)}; };
+  for (const PlannedTensor* t : members) {
+    const std::string name = prefix + t->name;
+    progress.state.current = name;
+    const RowSource rows = PlannedRows(inv, *t, options.profile);
+    uint64_t source_bytes = 0;
+    for (const PlannedSource& s : t->sources) source_bytes += inv.FindInfo(s.tensor)->nbytes();
+    const uint64_t value_bytes =
+        std::max<uint64_t>(1, static_cast<uint64_t>(rows.rows) * rows.cols * DTypeBits(t->dtype) / 8);
+    auto on_block = [&](uint64_t bytes) {
+      progress.state.bytes_done += bytes * source_bytes / value_bytes;
+      if (*progress.callback) (*progress.callback)(progress.state);
+    };
+    Status status;
+    if (!t->quant) {
+      status = CopyRows(rows, target(name), on_block);
+    } else {
+      float global_scale = 0.0f;
+      if (t->quant->global_scale) {
+        STQ_ASSIGN_OR_RETURN(global_scale, RowsAbsMax(rows));
+        uint8_t bytes[4];
+        std::memcpy(bytes, &global_scale, 4);
+        STQ_RETURN_IF_ERROR(target(name + ".global_scale").Write(0, bytes));
+      }
+      QuantizedTargets targets{target(name), target(name + ".scale"), std::nullopt};
+      if (ModeInfo(t->quant->mode).has_biases) targets.biases = target(name + ".bias");
+      status = QuantizeRowSource(rows, *t->quant, global_scale, targets, options.threads, on_block);
+      ++summary.quantized_tensors;
+    }
+    STQ_RETURN_IF_ERROR(status.Annotate(fmt::format("blob {}: tensor {}", blob_name, name)));
+    ++summary.tensors;
+    ++progress.state.tensors_done;
+    if (*progress.callback) (*progress.callback)(progress.state);
+  }
+  STQ_RETURN_IF_ERROR(writer->Commit().Annotate("write blob " + blob_name));
+  summary.output_bytes += writer->file_size();
+  STQ_ASSIGN_OR_RETURN(OllamaLayer layer, store.AddBlobFile(temp, kOllamaMediaTensor, blob_name));
+  return layer;
+}
+
+// The tensor blobs of a plan, in plan (blob) order.
+Status WritePlanBlobs(OllamaStore& store, const model::PlanContext& context, const std::string& prefix,
+                      const ConvertOptions& options, Progress& progress, ConvertSummary& summary,
+                      std::vector<OllamaLayer>& layers) {
+  const std::vector<PlannedTensor>& tensors = context.plan.tensors;
+  for (size_t i = 0; i < tensors.size();) {
+    std::vector<const PlannedTensor*> members;
+    size_t j = i;
+    while (j < tensors.size() && tensors[j].blob == tensors[i].blob) members.push_back(&tensors[j++]);
+    STQ_ASSIGN_OR_RETURN(OllamaLayer layer,
+                         WriteTensorBlob(store, *context.inventory, members, prefix, options, progress, summary));
+    layers.push_back(std::move(layer));
+    i = j;
+  }
+  return Status::Ok();
+}
+
+// Every *.json of the source directory but the index, sorted (ollama-create-spec §4).
+Status WriteConfigLayers(OllamaStore& store, const std::string& dir, const std::string& prefix,
+                         std::vector<OllamaLayer>& layers) {
+  std::vector<std::string> files;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    const std::string file = entry.path().filename().string();
+    if (!file.ends_with(".json") || file == "model.safetensors.index.json" || !entry.is_regular_file(ec)) continue;
+    files.push_back(file);
+  }
+  if (ec) return Status::IoError(fmt::format("list '{}': {}", dir, ec.message()));
+  std::sort(files.begin(), files.end());
+  if (!std::binary_search(files.begin(), files.end(), std::string("config.json"))) {
+    return Status::InvalidInput("config.json not found in " + dir);
+  }
+  for (const std::string& file : files) {
+    STQ_ASSIGN_OR_RETURN(std::string bytes, ReadWholeFile(dir + "/" + file));
+    STQ_ASSIGN_OR_RETURN(OllamaLayer layer, store.AddBlobBytes(bytes, kOllamaMediaJson, prefix + file));
+    layers.push_back(std::move(layer));
+  }
+  return Status::Ok();
+}
+
+uint64_t PeakRss() {
+  struct rusage usage {};
+  ::getrusage(RUSAGE_SELF, &usage);
+  return static_cast<uint64_t>(usage.ru_maxrss) * 1024;
+}
+
+}  // namespace
+
+Result<ConvertSummary> ConvertToOllamaStore(const ConvertOptions& given,
+                                            const std::function<void(const ConvertProgress&)>& callback) {
+  const auto start = std::chrono::steady_clock::now();
+  ConvertOptions options = given;
+  // The Modelfile (ollama-create-spec §1).
+  model::OllamaModelfile modelfile;
+  if (!options.modelfile.empty()) {
+    STQ_ASSIGN_OR_RETURN(std::string text, ReadWholeFile(options.modelfile));
+    const std::string dir = fs::path(options.modelfile).parent_path().string();
+    STQ_ASSIGN_OR_RETURN(modelfile, model::ParseOllamaModelfile(text, dir.empty() ? "." : dir));
+    if (options.source_dir.empty()) options.source_dir = modelfile.from;
+    if (options.draft_dir.empty()) options.draft_dir = modelfile.draft;
+  }
+  if (options.source_dir.empty()) options.source_dir = ".";
+  if (options.draft_quant && options.draft_dir.empty()) {
+    return Status::InvalidArgument("--draft-quantize requires a DRAFT model");
+  }
+  if (!model::IsSafetensorsModelDir(options.source_dir)) {
+    return Status::InvalidArgument(fmt::format(
+        "{} is not a supported safetensors model directory (needs config.json + *.safetensors)", options.source_dir));
+  }
+  if (!options.draft_dir.empty() && !model::IsSafetensorsModelDir(options.draft_dir)) {
+    return Status::InvalidArgument(fmt::format("draft {} is not a supported safetensors model directory", options.draft_dir));
+  }
+  if (options.model_name.empty()) return Status::InvalidArgument("the ollama layout needs a model name (--name NAME)");
+  STQ_ASSIGN_OR_RETURN(OllamaName name, ParseOllamaName(options.model_name));
+  STQ_ASSIGN_OR_RETURN(std::string root, ResolveOllamaModelsDir(options.models_dir));
+
+  // Everything that can fail on the input is checked before the first blob is written.
+  STQ_ASSIGN_OR_RETURN(model::PlanContext context, model::BuildPlan(options));
+  std::optional<model::PlanContext> draft;
+  nlohmann::ordered_json draft_info;
+  if (!options.draft_dir.empty()) {
+    ConvertOptions draft_options = options;
+    draft_options.source_dir = options.draft_dir;
+    draft_options.quant = options.draft_quant;
+    STQ_ASSIGN_OR_RETURN(model::PlanContext d, model::BuildPlan(draft_options, /*draft=*/true));
+    const std::string arch = model::OllamaArchitecture(d.inventory->config());
+    if (arch.empty()) return Status::InvalidInput("draft architecture not found in " + options.draft_dir);
+    draft_info["model_format"] = "safetensors";
+    draft_info["architecture"] = arch;
+    draft_info["tensor_prefix"] = "draft.";
+    draft_info["config"] = "draft/config.json";
+    draft = std::move(d);
+  }
+  STQ_ASSIGN_OR_RETURN(OllamaStore store, OllamaStore::Open(root));
+
+  ConvertSummary summary;
+  Progress progress;
+  progress.callback = &callback;
+  progress.state.tensors_total = context.plan.tensors.size() + (draft ? draft->plan.tensors.size() : 0);
+  progress.state.bytes_total = context.plan.input_bytes + (draft ? draft->plan.input_bytes : 0);
+
+  std::vector<OllamaLayer> layers;
+  STQ_RETURN_IF_ERROR(WritePlanBlobs(store, context, "", options, progress, summary, layers));
+  STQ_RETURN_IF_ERROR(WriteConfigLayers(store, options.source_dir, "", layers));
+  if (draft) {
+    STQ_RETURN_IF_ERROR(WritePlanBlobs(store, *draft, "draft.", options, progress, summary, layers));
+    STQ_RETURN_IF_ERROR(WriteConfigLayers(store, options.draft_dir, "draft/", layers));
+  }
+  auto text_layer = [&](const std::string& text, const char* media) -> Status {
+    if (text.empty()) return Status::Ok();
+    STQ_ASSIGN_OR_RETURN(OllamaLayer layer, store.AddBlobBytes(text, media, ""));
+    layers.push_back(std::move(layer));
+    return Status::Ok();
+  };
+  STQ_RETURN_IF_ERROR(text_layer(modelfile.template_text, kOllamaMediaTemplate));
+  STQ_RETURN_IF_ERROR(text_layer(modelfile.system, kOllamaMediaSystem));
+  STQ_RETURN_IF_ERROR(text_layer(modelfile.license, kOllamaMediaLicense));
+  if (!modelfile.parameters.empty()) STQ_RETURN_IF_ERROR(text_layer(modelfile.parameters.dump() + "\n", kOllamaMediaParams));
+
+  // The ConfigV2 config blob (ollama-create-spec §9.3, §9.4).
+  const nlohmann::json& config = context.inventory->config();
+  const std::string chat_template = model::ReadChatTemplate(options.source_dir);
+  const std::string parser =
+      !modelfile.parser.empty() ? modelfile.parser : model::OllamaParserName(config, chat_template);
+  const std::string renderer =
+      !modelfile.renderer.empty() ? modelfile.renderer : model::OllamaRendererName(config, chat_template);
+  nlohmann::ordered_json config_v2;
+  config_v2["model_format"] = "safetensors";
+  config_v2["model_family"] = "";
+  config_v2["model_families"] = nullptr;
+  config_v2["model_type"] = "";
+  config_v2["file_type"] = context.plan.default_quant ? model::OllamaTypeOf(*context.plan.default_quant) : "";
+  if (!renderer.empty()) config_v2["renderer"] = renderer;
+  if (!parser.empty()) config_v2["parser"] = parser;
+  config_v2["requires"] = modelfile.requires_version.empty() ? model::kOllamaMinVersion : modelfile.requires_version;
+  config_v2["capabilities"] = model::OllamaCapabilities(config, chat_template, parser);
+  if (draft) config_v2["draft"] = draft_info;
+  config_v2["architecture"] = "";
+  config_v2["os"] = "";
+  config_v2["rootfs"] = {{"type", "layers"}, {"diff_ids", nullptr}};
+  STQ_ASSIGN_OR_RETURN(OllamaLayer config_layer, store.AddBlobBytes(config_v2.dump(), kOllamaMediaConfig, ""));
+
+  STQ_ASSIGN_OR_RETURN(summary.manifest_path, store.WriteManifest(name, config_layer, layers));
+  summary.input_bytes = progress.state.bytes_total;
+  summary.parameters = context.plan.parameters + (draft ? draft->plan.parameters : 0);
+  summary.layers = layers.size();
+  for (const OllamaLayer& l : layers) summary.blobs_reused += l.reused;
+  summary.shards = 0;
+  summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  summary.peak_rss_bytes = PeakRss();
+  return summary;
+}
+
+}  // namespace stquant::output

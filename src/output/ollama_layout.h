@@ -1,0 +1,16 @@
+// The ollama layout of `stquant convert`: a ConversionPlan carried out into an ollama model store
+// (ollama-create-spec §6, §9): one safetensors blob per planned blob, the source's *.json files,
+// an optional draft model, Modelfile text and parameter layers, the ConfigV2 config blob and,
+// last, the manifest.
+#pragma once
+
+#include <functional>
+
+#include "stquant/convert.h"
+
+namespace stquant::output {
+
+Result<ConvertSummary> ConvertToOllamaStore(const ConvertOptions& options,
+                                            const std::function<void(const ConvertProgress&)>& progress);
+
+}  // namespace stquant::output

@@ -1,0 +1,242 @@
+#include "output/ollama_store.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <filesystem>
+#include <vector>
+
+#include <fmt/format.h>
+#include <openssl/evp.h>
+
+#include "output/output_dir.h"
+#include "util/file.h"
+
+namespace stquant::output {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr std::string_view kTempPrefix = ".stquant-tmp-";
+
+bool NamePartOk(std::string_view part, size_t max, bool allow_colon) {
+  if (part.empty() || part.size() > max) return false;
+  if (!std::isalnum(static_cast<unsigned char>(part[0])) && part[0] != '_') return false;
+  for (char c : part) {
+    const bool ok = std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.' ||
+                    (allow_colon && c == ':');
+    if (!ok) return false;
+  }
+  return true;
+}
+
+std::string Hex(const unsigned char* digest, unsigned int n) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(2 * n);
+  for (unsigned int i = 0; i < n; ++i) {
+    out.push_back(kDigits[digest[i] >> 4]);
+    out.push_back(kDigits[digest[i] & 15]);
+  }
+  return out;
+}
+
+struct MdContext {
+  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
+  ~MdContext() { EVP_MD_CTX_free(ctx); }
+};
+
+bool ProcessAlive(long pid) { return pid > 0 && (::kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM); }
+
+}  // namespace
+
+std::string OllamaName::Display() const { return host + "/" + ns + "/" + model + ":" + tag; }
+
+Result<OllamaName> ParseOllamaName(const std::string& text) {
+  auto invalid = [&] { return Status::InvalidArgument("invalid model name: " + text); };
+  OllamaName name;
+  std::string rest = text;
+  const size_t slash = rest.rfind('/');
+  const size_t colon = rest.rfind(':');
+  if (colon != std::string::npos && (slash == std::string::npos || colon > slash)) {
+    name.tag = rest.substr(colon + 1);
+    rest = rest.substr(0, colon);
+    if (!NamePartOk(name.tag, 80, false)) return invalid();
+  }
+  std::vector<std::string> parts;
+  size_t start = 0;
+  while (true) {
+    const size_t at = rest.find('/', start);
+    parts.push_back(rest.substr(start, at == std::string::npos ? std::string::npos : at - start));
+    if (at == std::string::npos) break;
+    start = at + 1;
+  }
+  if (parts.size() > 3) return invalid();
+  name.model = parts.back();
+  if (parts.size() >= 2) name.ns = parts[parts.size() - 2];
+  if (parts.size() == 3) name.host = parts[0];
+  if (!NamePartOk(name.model, 80, false) || !NamePartOk(name.ns, 80, false) || !NamePartOk(name.host, 350, true) ||
+      name.model == "." || name.model == "..") {
+    return invalid();
+  }
+  return name;
+}
+
+Result<std::string> ResolveOllamaModelsDir(const std::string& flag) {
+  if (!flag.empty()) return flag;
+  if (const char* env = std::getenv("OLLAMA_MODELS"); env && *env) return std::string(env);
+  const char* home = std::getenv("HOME");
+  if (!home || !*home) {
+    return Status::InvalidArgument("no ollama model store: give --models-dir, or set OLLAMA_MODELS or HOME");
+  }
+  return std::string(home) + "/.ollama/models";
+}
+
+nlohmann::ordered_json OllamaLayer::ToJson() const {
+  nlohmann::ordered_json j;
+  j["mediaType"] = media_type;
+  j["digest"] = digest;
+  j["size"] = size;
+  if (!name.empty()) j["name"] = name;
+  return j;
+}
+
+std::string Sha256Hex(const std::string& bytes) {
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int n = 0;
+  MdContext md;
+  EVP_DigestInit_ex(md.ctx, EVP_sha256(), nullptr);
+  EVP_DigestUpdate(md.ctx, bytes.data(), bytes.size());
+  EVP_DigestFinal_ex(md.ctx, digest, &n);
+  return Hex(digest, n);
+}
+
+Result<std::string> Sha256File(const std::string& path) {
+  STQ_ASSIGN_OR_RETURN(util::Fd fd, util::OpenForRead(path));
+  STQ_ASSIGN_OR_RETURN(uint64_t size, util::RegularFileSize(fd.get(), path));
+  MdContext md;
+  if (!md.ctx || EVP_DigestInit_ex(md.ctx, EVP_sha256(), nullptr) != 1) {
+    return Status::Internal("OpenSSL: cannot initialise SHA-256");
+  }
+  std::vector<uint8_t> buffer(std::min<uint64_t>(size, 8u << 20));
+  for (uint64_t offset = 0; offset < size; offset += buffer.size()) {
+    std::span<uint8_t> piece(buffer.data(), std::min<uint64_t>(buffer.size(), size - offset));
+    STQ_RETURN_IF_ERROR(util::PreadFull(fd.get(), piece, offset, path));
+    EVP_DigestUpdate(md.ctx, piece.data(), piece.size());
+  }
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int n = 0;
+  EVP_DigestFinal_ex(md.ctx, digest, &n);
+  return Hex(digest, n);
+}
+
+Result<OllamaStore> OllamaStore::Open(const std::string& root) {
+  if (root.empty()) return Status::InvalidArgument("no ollama model store directory given");
+  std::error_code ec;
+  for (const char* sub : {"blobs", "manifests"}) {
+    const fs::path dir = fs::path(root) / sub;
+    fs::create_directories(dir, ec);
+    if (!fs::is_directory(dir, ec)) {
+      return Status::IoError(fmt::format("cannot create the ollama store directory '{}'", dir.string()));
+    }
+  }
+  // Temporary blobs of interrupted imports: ".stquant-tmp-<pid>-<n>" (and the safetensors writer's
+  // own "..stquant-tmp-<pid>-<n>.tmp-..." beside it) whose process is gone.
+  for (const auto& entry : fs::directory_iterator(fs::path(root) / "blobs", ec)) {
+    std::string file = entry.path().filename().string();
+    const size_t at = file.find(kTempPrefix);
+    if (at == std::string::npos || at > 1) continue;
+    const long pid = std::strtol(file.c_str() + at + kTempPrefix.size(), nullptr, 10);
+    if (!ProcessAlive(pid)) fs::remove(entry.path(), ec);
+  }
+  OllamaStore store;
+  store.root_ = root;
+  return store;
+}
+
+std::string OllamaStore::BlobPath(const std::string& digest) const {
+  std::string hex = digest.rfind("sha256:", 0) == 0 ? digest.substr(7) : digest;
+  return root_ + "/blobs/sha256-" + hex;
+}
+
+std::string OllamaStore::NewTempPath() {
+  return fmt::format("{}/blobs/{}{}-{}", root_, kTempPrefix, ::getpid(), counter_++);
+}
+
+Result<OllamaLayer> OllamaStore::AddBlobFile(const std::string& temp_path, std::string media_type, std::string name) {
+  STQ_ASSIGN_OR_RETURN(std::string hex, Sha256File(temp_path));
+  std::error_code ec;
+  const uint64_t size = fs::file_size(temp_path, ec);
+  if (ec) return Status::IoError(fmt::format("stat '{}': {}", temp_path, ec.message()));
+  OllamaLayer layer{std::move(media_type), "sha256:" + hex, size, std::move(name), false};
+  const std::string final_path = BlobPath(hex);
+  struct stat st {};
+  if (::stat(final_path.c_str(), &st) == 0 && S_ISREG(st.st_mode) && static_cast<uint64_t>(st.st_size) == size) {
+    // Same digest, same bytes: reuse it (touch its mtime, as ollama does).
+    layer.reused = true;
+    fs::remove(temp_path, ec);
+    ::utimensat(AT_FDCWD, final_path.c_str(), nullptr, 0);
+    return layer;
+  }
+  ::chmod(temp_path.c_str(), 0644);
+  if (::rename(temp_path.c_str(), final_path.c_str()) != 0) {
+    const int err = errno;
+    fs::remove(temp_path, ec);
+    return Status::FromErrno("rename", temp_path, err);
+  }
+  STQ_RETURN_IF_ERROR(util::SyncParentDirectory(final_path));
+  return layer;
+}
+
+Result<OllamaLayer> OllamaStore::AddBlobBytes(const std::string& bytes, std::string media_type, std::string name) {
+  const std::string temp = NewTempPath();
+  {
+    STQ_ASSIGN_OR_RETURN(util::AtomicFile file, util::AtomicFile::Create(temp));
+    STQ_RETURN_IF_ERROR(util::PwriteFull(
+        file.fd(), {reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()}, 0, file.temp_path()));
+    STQ_RETURN_IF_ERROR(file.Commit());
+  }
+  return AddBlobFile(temp, std::move(media_type), std::move(name));
+}
+
+Result<std::string> OllamaStore::WriteManifest(const OllamaName& name, const OllamaLayer& config,
+                                               const std::vector<OllamaLayer>& layers) {
+  nlohmann::ordered_json manifest;
+  manifest["schemaVersion"] = 2;
+  manifest["mediaType"] = kOllamaMediaManifest;
+  manifest["config"] = config.ToJson();
+  manifest["layers"] = nlohmann::ordered_json::array();
+  for (const OllamaLayer& layer : layers) manifest["layers"].push_back(layer.ToJson());
+  const fs::path path = fs::path(root_) / "manifests" / name.ManifestPath();
+  std::error_code ec;
+  fs::create_directories(path.parent_path(), ec);
+  if (!fs::is_directory(path.parent_path(), ec)) {
+    return Status::IoError(fmt::format("write manifest: cannot create '{}'", path.parent_path().string()));
+  }
+  STQ_RETURN_IF_ERROR(WriteFileAtomically(path.string(), manifest.dump() + "\n").Annotate("write manifest"));
+  return path.string();
+}
+
+Result<nlohmann::json> OllamaStore::ReadManifest(const OllamaName& name) const {
+  const std::string path = (fs::path(root_) / "manifests" / name.ManifestPath()).string();
+  std::error_code ec;
+  if (!fs::is_regular_file(path, ec)) {
+    return Status::InvalidArgument(fmt::format("model '{}' not found in {} (no {})", name.Display(), root_, path));
+  }
+  STQ_ASSIGN_OR_RETURN(util::Fd fd, util::OpenForRead(path));
+  STQ_ASSIGN_OR_RETURN(uint64_t size, util::RegularFileSize(fd.get(), path));
+  std::string text(size, '\0');
+  STQ_RETURN_IF_ERROR(util::PreadFull(fd.get(), {reinterpret_cast<uint8_t*>(text.data()), text.size()}, 0, path));
+  nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
+  if (j.is_discarded() || !j.is_object() || !j.contains("layers") || !j["layers"].is_array()) {
+    return Status::InvalidInput(fmt::format("{}: not an ollama manifest", path));
+  }
+  return j;
+}
+
+}  // namespace stquant::output

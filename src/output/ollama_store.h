@@ -1,0 +1,90 @@
+// The ollama model store (ollama-create-spec §9): content-addressed blobs and manifests.
+//
+//   <root>/blobs/sha256-<64 hex>                           one file per distinct content
+//   <root>/manifests/<host>/<namespace>/<model>/<tag>      JSON manifest naming the blobs
+//
+// A blob is written to a hidden temporary file in blobs/ (".stquant-tmp-<pid>-<n>"), fsynced,
+// hashed and renamed onto its digest name; when that name exists already (the same bytes from an
+// earlier import or another model) the temporary file is dropped and the existing blob reused.
+// So a file named sha256-<hex> always holds exactly the bytes of that digest, even after a crash.
+// The manifest is written last, atomically, so an interrupted import leaves no model visible;
+// temporary files of dead processes are removed when a store is opened.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "stquant/status.h"
+
+namespace stquant::output {
+
+inline constexpr const char* kOllamaMediaTensor = "application/vnd.ollama.image.tensor";
+inline constexpr const char* kOllamaMediaJson = "application/vnd.ollama.image.json";
+inline constexpr const char* kOllamaMediaTemplate = "application/vnd.ollama.image.template";
+inline constexpr const char* kOllamaMediaSystem = "application/vnd.ollama.image.system";
+inline constexpr const char* kOllamaMediaLicense = "application/vnd.ollama.image.license";
+inline constexpr const char* kOllamaMediaParams = "application/vnd.ollama.image.params";
+inline constexpr const char* kOllamaMediaConfig = "application/vnd.docker.container.image.v1+json";
+inline constexpr const char* kOllamaMediaManifest = "application/vnd.docker.distribution.manifest.v2+json";
+
+// A model name, parsed as types/model.ParseName with ollama's defaults.
+struct OllamaName {
+  std::string host = "registry.ollama.ai";
+  std::string ns = "library";
+  std::string model;
+  std::string tag = "latest";
+  std::string ManifestPath() const { return host + "/" + ns + "/" + model + "/" + tag; }
+  std::string Display() const;  // "host/ns/model:tag"
+};
+
+// "foo" -> registry.ollama.ai/library/foo:latest; "me/foo:v1"; "host[:port]/ns/foo:tag".
+// InvalidArgument "invalid model name: <name>" otherwise.
+Result<OllamaName> ParseOllamaName(const std::string& name);
+
+// `flag` if non-empty, else $OLLAMA_MODELS, else $HOME/.ollama/models.
+Result<std::string> ResolveOllamaModelsDir(const std::string& flag);
+
+// One manifest layer.
+struct OllamaLayer {
+  std::string media_type;
+  std::string digest;  // "sha256:<hex>"
+  uint64_t size = 0;
+  std::string name;  // empty: omitted
+  bool reused = false;  // the blob was in the store already
+  nlohmann::ordered_json ToJson() const;
+};
+
+// SHA-256 of a file's bytes, lowercase hex.
+Result<std::string> Sha256File(const std::string& path);
+std::string Sha256Hex(const std::string& bytes);
+
+class OllamaStore {
+ public:
+  // Creates <root>/blobs and <root>/manifests when missing; removes temporary blob files left by
+  // processes that no longer run.
+  static Result<OllamaStore> Open(const std::string& root);
+
+  const std::string& root() const { return root_; }
+  std::string BlobPath(const std::string& digest) const;  // "sha256:<hex>" or "<hex>"
+  // A fresh temporary path in blobs/ for a blob being written (e.g. by safetensors::Writer).
+  std::string NewTempPath();
+  // Moves a complete, synced file at `temp_path` (from NewTempPath) to its digest name, or drops
+  // it when that blob exists.
+  Result<OllamaLayer> AddBlobFile(const std::string& temp_path, std::string media_type, std::string name);
+  Result<OllamaLayer> AddBlobBytes(const std::string& bytes, std::string media_type, std::string name);
+  // Writes the manifest atomically (temp file, fsync, rename); the last step of an import.
+  // Returns its path.
+  Result<std::string> WriteManifest(const OllamaName& name, const OllamaLayer& config,
+                                    const std::vector<OllamaLayer>& layers);
+  // Reads a manifest: InvalidArgument "model '<name>' not found in <root>" when absent.
+  Result<nlohmann::json> ReadManifest(const OllamaName& name) const;
+
+ private:
+  std::string root_;
+  uint64_t counter_ = 0;
+};
+
+}  // namespace stquant::output
