@@ -158,6 +158,7 @@ HWY_NOINLINE int64_t AffineEncodeRowT(int bits, int gs, const void* row, int64_t
   const VF max_code = hn::Set(df, static_cast<float>((1 << bits) - 1));
   AffineChunk chunks[2];
   if (groups == 0) return -1;
+  const int log_gs = GroupSizeLog2(gs);
   int64_t bad = AffinePrepareChunk<kT>(bits, gs, row, 0, std::min<int64_t>(n, groups), chunks[0], scales, biases);
   if (HWY_UNLIKELY(bad >= 0)) return bad;
   for (int64_t g0 = 0, c = 0; g0 < groups; g0 += n, ++c) {
@@ -168,25 +169,27 @@ HWY_NOINLINE int64_t AffineEncodeRowT(int bits, int gs, const void* row, int64_t
       if (HWY_UNLIKELY(bad >= 0)) return bad;
     }
     const AffineChunk& chunk = chunks[c & 1];
-    for (int64_t g = 0; g < count; ++g) {
-      const int64_t start = (g0 + g) * gs;
+    // One flat loop over the chunk's steps (a step never straddles groups): the per-group
+    // values are broadcast from memory, and the constants stay in registers.
+    const int64_t base = g0 * gs;
+    const int64_t span = count * gs;
+    for (int64_t j = 0; j < span; j += step) {
+      const int64_t g = j >> log_gs;
       const VF s = hn::Set(df, chunk.scale[g]);
       const VF b = hn::Set(df, chunk.bias[g]);
-      for (int64_t j = 0; j < gs; j += step) {
-        VF even, odd;
-        LoadEvenOdd<kT>(row, start + j, even, odd);
-        // clamp(rint(y), 0, max) == rint(clamp(y, 0, max)) for integer bounds, and adding 2^23 to
-        // y in [0, 2^23) rounds it to the nearest integer, ties to even, into the low mantissa
-        // bits: the lanes are 0x4B000000 + code.
-        const VF qe = hn::Add(hn::Min(hn::Max(hn::Div(hn::Sub(even, b), s), zero), max_code), magic);
-        const VF qo = hn::Add(hn::Min(hn::Max(hn::Div(hn::Sub(odd, b), s), zero), max_code), magic);
-        const VU ce = hn::BitCast(du, qe);
-        const VU co = hn::BitCast(du, qo);
-        if constexpr (kPack == 4) {
-          EmitStep<4>(ce, co, out + (start + j) / 2);
-        } else {
-          EmitStep<8>(ce, co, out + start + j);
-        }
+      VF even, odd;
+      LoadEvenOdd<kT>(row, base + j, even, odd);
+      // clamp(rint(y), 0, max) == rint(clamp(y, 0, max)) for integer bounds, and adding 2^23 to
+      // y in [0, 2^23) rounds it to the nearest integer, ties to even, into the low mantissa
+      // bits: the lanes are 0x4B000000 + code.
+      const VF qe = hn::Add(hn::Min(hn::Max(hn::Div(hn::Sub(even, b), s), zero), max_code), magic);
+      const VF qo = hn::Add(hn::Min(hn::Max(hn::Div(hn::Sub(odd, b), s), zero), max_code), magic);
+      const VU ce = hn::BitCast(du, qe);
+      const VU co = hn::BitCast(du, qo);
+      if constexpr (kPack == 4) {
+        EmitStep<4>(ce, co, out + (base + j) / 2);
+      } else {
+        EmitStep<8>(ce, co, out + base + j);
       }
     }
   }

@@ -128,10 +128,15 @@ HWY_INLINE int64_t ChunkAbsMax(const void* row, int64_t first, int64_t count, in
   for (int64_t g = 0; g < count; ++g) {
     VU acc = hn::Zero(du);
     for (int64_t j = 0; j < gs; j += 2 * n) AbsMaxStep<kT>(row, first + g * gs + j, acc);
-    lanes[g] = AbsMaxLanes<kT>(acc);
+    lanes[g] = acc;
   }
   for (int64_t g = count; g < n; ++g) lanes[g] = hn::Zero(du);
-  const VU bits = ReduceTranspose(du, lanes, MaxOp());
+  VU bits;
+  if constexpr (kT == DType::kF32) {
+    bits = ReduceTranspose(du, lanes, MaxOp());
+  } else {  // reduce the 16-bit halves first, then the two halves of each group's lane
+    bits = AbsMaxLanes<kT>(ReduceTranspose(du, lanes, MaxHalvesOp()));
+  }
   const uint32_t limit = kT == DType::kF16 ? 0x7C00u : 0x7F800000u;
   const auto bad = hn::Gt(hn::BitCast(DI(), bits), hn::Set(DI(), static_cast<int32_t>(limit) - 1));
   if (HWY_UNLIKELY(!hn::AllFalse(DI(), bad))) {
@@ -156,12 +161,92 @@ HWY_INLINE void EmitGroupCodes(const uint8_t* codes, int gs, uint8_t* out) {
   }
 }
 
+#undef STQUANT_16BIT_LANES  // per target
+#if !HWY_HAVE_SCALABLE && HWY_TARGET != HWY_SCALAR
+#define STQUANT_16BIT_LANES 1
+// mx on bf16 input with -124 <= e <= 0, on 16-bit lanes (2N elements per vector instead of N).
+// x = w * 2^-e is exact in bf16 (see MxEncodeRowT), and for a normal w it is w's bits plus -e in
+// the exponent field. A zero or subnormal w becomes a wrong but tiny value <= 2^(-e-126) <= 0.25
+// that way; the callers below treat that region separately.
+//
+// E2M1 codes of 2N values given as u32 lanes holding the (even, odd) values' "ceil16" bits:
+// sign | ceil(|bits| / 2^16), i.e. bf16 bits rounded away from zero. Every E2M1 midpoint m (0.25
+// .. 5) is a bf16 value with at most 2 mantissa bits, so |x| > m exactly when ceil16(|x|) >
+// bits16(m), and E2M1ArgminSmall's key u = ceil(bits / 2^21) is ceil(ceil16 / 2^5) (nested
+// ceilings of divisions compose). Valid for |x| < 2^22. Returns lanes whose low byte is
+// even | odd << 4 (other bytes: garbage; see EmitStep).
+HWY_INLINE VU E2M1PairBytes(VU ceil16) {
+  const DU du;
+  const hn::Repartition<int16_t, DU> d16;
+  const hn::Repartition<uint8_t, DU> d8;
+  alignas(16) static constexpr uint8_t kTable[16] = {1, 1, 1, 1, 2, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7};
+  const auto table = hn::LoadDup128(d8, kTable);
+  const auto x = hn::BitCast(d16, ceil16);
+  const auto magnitude = hn::And(x, hn::Set(d16, 0x7FFF));
+  auto key = hn::ShiftRight<5>(hn::Add(magnitude, hn::Set(d16, static_cast<int16_t>(0x1F - 503 * 32))));
+  key = hn::Min(hn::Max(key, hn::Zero(d16)), hn::Set(d16, 15));
+  auto code = hn::BitCast(d16, hn::TableLookupBytes(table, hn::BitCast(d8, key)));  // byte 1: garbage
+  code = hn::Or(code, hn::And(hn::ShiftRight<12>(x), hn::Set(d16, 8)));
+  code = hn::IfThenElseZero(hn::Gt(magnitude, hn::Set(d16, 0x3E80)), code);  // 0.25 in bf16
+  // u32 lane = (even code, odd code) in its 16-bit halves: byte = even | odd << 4.
+  const VU lanes = hn::BitCast(du, code);
+  return hn::Or(lanes, hn::ShiftRight<12>(lanes));
+  (void)du;
+}
+
+// The ceil16 bits of even/odd float32 lanes, as (even, odd) halves of u32 lanes. No NaN lanes;
+// finite magnitudes cannot carry into the sign.
+HWY_INLINE VU Ceil16Pair(VF even, VF odd) {
+  const DU du;
+  const VU round_up = hn::Set(du, 0xFFFFu);
+  return hn::Or(hn::ShiftRight<16>(hn::Add(hn::BitCast(du, even), round_up)),
+                hn::And(hn::Add(hn::BitCast(du, odd), round_up), hn::Set(du, 0xFFFF0000u)));
+}
+
+HWY_INLINE void StoreStep4(VU pair_bytes, uint8_t* out) {
+  const hn::Rebind<uint8_t, DU> d8;
+  hn::StoreU(hn::TruncateTo(d8, pair_bytes), d8, out);
+}
+
+// mxfp4: writes the N code bytes of one step (2N bf16 elements `raw`, as bits). x = w * 2^-e is
+// then exact bf16 bits: its ceil16 bits are the bits themselves. Every |x| <= 0.25 has code 0, so
+// the tiny wrong values need nothing.
+HWY_INLINE void Mxfp4StepBF16(VU raw, VU shift, uint8_t* out) {
+  StoreStep4(E2M1PairBytes(hn::Add(raw, shift)), out);
+}
+
+// mxfp8: writes the 2N code bytes of one step, or returns false (writing nothing) if a non-zero w
+// lands below 2^-6, in E4M3's subnormal range (rare: |w| < amax / 2^15); a zero w is sign | 0.
+HWY_INLINE bool Mxfp8StepBF16(VU raw, VU shift, uint8_t* out) {
+  const hn::Repartition<int16_t, DU> d16;
+  const auto w = hn::BitCast(d16, raw);
+  const auto w_magnitude = hn::And(w, hn::Set(d16, 0x7FFF));
+  const auto zero = hn::Eq(w_magnitude, hn::Zero(d16));
+  const auto magnitude = hn::Add(w_magnitude, hn::BitCast(d16, shift));
+  const auto tiny = hn::Lt(magnitude, hn::Set(d16, 121 << 7));  // 2^-6
+  if (HWY_UNLIKELY(!hn::AllFalse(d16, hn::AndNot(zero, tiny)))) return false;
+  // to_fp8's normal branch on bf16 bits: rebias 127 -> 7 and round 7 mantissa bits to 3 (RNE).
+  const auto odd = hn::And(hn::ShiftRight<4>(magnitude), hn::Set(d16, 1));
+  auto code = hn::ShiftRight<4>(hn::Add(hn::Add(magnitude, hn::Set(d16, static_cast<int16_t>(7 - (120 << 7)))), odd));
+  code = hn::IfThenElse(hn::Gt(magnitude, hn::Set(d16, 0x43E0 - 1)), hn::Set(d16, 0x7E), code);  // >= 448
+  code = hn::IfThenZeroElse(zero, code);
+  const hn::Repartition<uint16_t, DU> du16;
+  code = hn::Or(code, hn::BitCast(d16, hn::And(hn::ShiftRight<8>(hn::BitCast(du16, w)), hn::Set(du16, 0x80))));
+  const hn::Rebind<uint8_t, decltype(du16)> d8;
+  hn::StoreU(hn::TruncateTo(d8, hn::BitCast(du16, code)), d8, out);
+  return true;
+}
+#endif
+
 // Per-chunk group parameters of the fp modes (one entry per group), prepared one chunk ahead of
 // the encoding as in affine-inl.h.
 struct FpChunk {
   HWY_ALIGN int32_t exponent[kMaxLanes];  // mx: e
   HWY_ALIGN int32_t fast[kMaxLanes];      // nv: -1 where the fast path applies
   HWY_ALIGN float scale[kMaxLanes];       // nv: the decoded E4M3 scale
+  HWY_ALIGN uint32_t shift[kMaxLanes];    // mx, bf16: (-e << 7) in both 16-bit halves
+  bool all_fast;                          // nv: every group of the chunk takes the fast path;
+                                          // mx, bf16: every e is in [-124, 0] (16-bit lanes)
 };
 
 // mx pass 1 for groups [g0, g0 + count): exponents into `chunk`, scale bytes into scales[g].
@@ -191,7 +276,18 @@ HWY_INLINE int64_t MxPrepareChunk(QuantProfile profile, int gs, const void* row,
     for (int64_t g = 0; g < count; ++g) chunk.exponent[g] = MxExponent(profile, kT, amax_of[g], kMaxVal);
   }
   // MxScaleByte: e + 127 as uint8 (wrapping).
-  for (int64_t g = 0; g < count; ++g) scales[g0 + g] = MxScaleByte(chunk.exponent[g]);
+  const VI exponent = hn::Load(di, chunk.exponent);
+  StoreLowBytes(hn::BitCast(DU(), hn::Add(exponent, hn::Set(di, 127))), count, scales + g0);
+  chunk.all_fast = false;
+#ifdef STQUANT_16BIT_LANES
+  if constexpr (kT == DType::kBF16) {
+    const VI shift = hn::ShiftLeft<7>(hn::Neg(exponent));
+    hn::Store(hn::BitCast(DU(), hn::Or(shift, hn::ShiftLeft<16>(shift))), DU(), chunk.shift);
+    const auto in_range = hn::And(hn::Gt(exponent, hn::Set(di, -125)), hn::Lt(exponent, hn::Set(di, 1)));
+    chunk.all_fast = hn::CountTrue(di, hn::And(in_range, hn::FirstN(di, static_cast<size_t>(count)))) ==
+                     static_cast<size_t>(count);
+  }
+#endif
   return -1;
 }
 
@@ -207,6 +303,7 @@ HWY_NOINLINE int64_t MxEncodeRowT(QuantProfile profile, int gs, const void* row,
   const int64_t groups = cols / gs;
   FpChunk chunks[2];
   if (groups == 0) return -1;
+  const int log_gs = GroupSizeLog2(gs);
   int64_t bad = MxPrepareChunk<kT, kMode>(profile, gs, row, 0, std::min<int64_t>(n, groups), chunks[0], scales);
   if (HWY_UNLIKELY(bad >= 0)) return bad;
   for (int64_t g0 = 0, c = 0; g0 < groups; g0 += n, ++c) {
@@ -217,6 +314,28 @@ HWY_NOINLINE int64_t MxEncodeRowT(QuantProfile profile, int gs, const void* row,
       if (HWY_UNLIKELY(bad >= 0)) return bad;
     }
     const FpChunk& chunk = chunks[c & 1];
+#ifdef STQUANT_16BIT_LANES
+    if (kT == DType::kBF16 && HWY_LIKELY(chunk.all_fast)) {
+      // Every group on 16-bit lanes: one flat loop over the chunk's steps (see AffineEncodeRowT).
+      const int64_t base = g0 * gs;
+      const int64_t span = count * gs;
+      for (int64_t j = 0; j < span; j += 2 * n) {
+        const int64_t g = j >> log_gs;
+        const VU shift = hn::Set(DU(), chunk.shift[g]);
+        const VU raw = LoadRaw16(row, base + j);
+        if constexpr (kFp4) {
+          StoreStep4(E2M1PairBytes(hn::Add(raw, shift)), out + (base + j) / 2);
+        } else {
+          if (HWY_LIKELY(Mxfp8StepBF16(raw, shift, out + base + j))) continue;
+          const VF factor = hn::Set(df, numeric::ExactPow2(-chunk.exponent[g]));
+          VF even, odd;
+          LoadEvenOdd<kT>(row, base + j, even, odd);
+          EmitStep8(E4M3Encode(hn::Mul(even, factor)), E4M3Encode(hn::Mul(odd, factor)), out + base + j);
+        }
+      }
+      continue;
+    }
+#endif
     for (int64_t g = 0; g < count; ++g) {
       const int exponent = chunk.exponent[g];
       const int64_t start = (g0 + g) * gs;
@@ -237,6 +356,24 @@ HWY_NOINLINE int64_t MxEncodeRowT(QuantProfile profile, int gs, const void* row,
       // so T-rounding it is the identity and is skipped.
       const VF factor = hn::Set(df, numeric::ExactPow2(-exponent));
       const bool round = kT != DType::kF32 && exponent > 0;
+#ifdef STQUANT_16BIT_LANES
+      if (kT == DType::kBF16 && exponent >= -124 && exponent <= 0) {
+        const VU shift = hn::Set(DU(), static_cast<uint32_t>(-exponent << 7) * 0x10001u);  // both halves
+        for (int64_t j = 0; j < gs; j += 2 * n) {
+          const VU raw = LoadRaw16(row, start + j);
+          if constexpr (kFp4) {
+            Mxfp4StepBF16(raw, shift, out + (start + j) / 2);
+            continue;
+          } else {
+            if (HWY_LIKELY(Mxfp8StepBF16(raw, shift, out + start + j))) continue;
+          }
+          VF even, odd;
+          LoadEvenOdd<kT>(row, start + j, even, odd);
+          EmitStep8(E4M3Encode(hn::Mul(even, factor)), E4M3Encode(hn::Mul(odd, factor)), out + start + j);
+        }
+        continue;
+      }
+#endif
       for (int64_t j = 0; j < gs; j += 2 * n) {
         VF even, odd;
         LoadEvenOdd<kT>(row, start + j, even, odd);
@@ -247,7 +384,11 @@ HWY_NOINLINE int64_t MxEncodeRowT(QuantProfile profile, int gs, const void* row,
           odd = RoundToT<kT>(odd);
         }
         if constexpr (kFp4) {
+#ifdef STQUANT_16BIT_LANES
+          StoreStep4(E2M1PairBytes(Ceil16Pair(even, odd)), out + (start + j) / 2);
+#else
           EmitStep4(E2M1ArgminSmall(even), E2M1ArgminSmall(odd), out + (start + j) / 2);
+#endif
         } else {
           EmitStep8(E4M3Encode(even), E4M3Encode(odd), out + start + j);
         }
@@ -269,19 +410,20 @@ HWY_INLINE int64_t NvPrepareChunk(bool global_scale, int gs, const void* row, in
   // NvScaleByte: to_fp8(T(amax / 6) [* encode]).
   VF s = RoundToT<kT>(hn::Div(amax, hn::Set(df, 6.0f)));
   if (global_scale) s = hn::Mul(s, hn::Set(df, encode));
-  HWY_ALIGN int32_t byte_of[kMaxLanes];
-  hn::Store(E4M3Encode(s), di, byte_of);
+  const VI bytes = E4M3Encode(s);
+  StoreLowBytes(hn::BitCast(DU(), bytes), count, scales + g0);
   // Fast path where 2^-9 <= s <= 400 (false for NaN): the decoded scale d = to_fp8(s) >= s / 2
   // and |w| <= amax, so every |T(w / d) [* encode]| <= ~12.1: inside E2M1ArgminSmall's range
   // and f16's, and d != 0.
   const auto fast = hn::And(hn::Ge(s, hn::Set(df, 1.0f / 512.0f)), hn::Le(s, hn::Set(df, 400.0f)));
   hn::Store(hn::VecFromMask(di, hn::RebindMask(di, fast)), di, chunk.fast);
-  const std::array<float, 256>& e4m3 = numeric::E4M3Table();
-  for (int64_t g = 0; g < count; ++g) {
-    const uint8_t byte = static_cast<uint8_t>(byte_of[g]);
-    scales[g0 + g] = byte;
-    chunk.scale[g] = e4m3[byte];
-  }
+  chunk.all_fast = hn::CountTrue(df, hn::And(fast, hn::FirstN(df, static_cast<size_t>(count)))) ==
+                   static_cast<size_t>(count);
+  // E4M3ToFloat of the (non-negative, in the fast lanes) codes: exponent field 0: m * 2^-9;
+  // else the code's 7 bits shifted into a float32 with the exponent rebiased 7 -> 127.
+  const VF normal = hn::BitCast(df, hn::Add(hn::ShiftLeft<20>(bytes), hn::Set(di, 120 << 23)));
+  const VF subnormal = hn::Mul(hn::ConvertTo(df, hn::And(bytes, hn::Set(di, 7))), hn::Set(df, 1.0f / 512.0f));
+  hn::Store(hn::IfThenElse(hn::RebindMask(df, hn::Lt(bytes, hn::Set(di, 8))), subnormal, normal), df, chunk.scale);
   return -1;
 }
 
@@ -295,6 +437,7 @@ HWY_NOINLINE int64_t NvEncodeRowT(bool global_scale, int gs, const void* row, in
   const VF encode_v = hn::Set(df, encode);
   FpChunk chunks[2];
   if (groups == 0) return -1;
+  const int log_gs = GroupSizeLog2(gs);
   int64_t bad = NvPrepareChunk<kT>(global_scale, gs, row, 0, std::min<int64_t>(n, groups), encode, chunks[0], scales);
   if (HWY_UNLIKELY(bad >= 0)) return bad;
   for (int64_t g0 = 0, c = 0; g0 < groups; g0 += n, ++c) {
@@ -305,11 +448,33 @@ HWY_NOINLINE int64_t NvEncodeRowT(bool global_scale, int gs, const void* row, in
       if (HWY_UNLIKELY(bad >= 0)) return bad;
     }
     const FpChunk& chunk = chunks[c & 1];
+    if (HWY_LIKELY(chunk.all_fast)) {
+      // One flat loop over the chunk's steps (see AffineEncodeRowT).
+      const int64_t base = g0 * gs;
+      const int64_t span = count * gs;
+      for (int64_t j = 0; j < span; j += 2 * n) {
+        const VF divisor = hn::Set(df, chunk.scale[j >> log_gs]);
+        VF even, odd;
+        LoadEvenOdd<kT>(row, base + j, even, odd);
+        even = RoundToT<kT>(hn::Div(even, divisor));
+        odd = RoundToT<kT>(hn::Div(odd, divisor));
+        if (global_scale) {
+          even = hn::Mul(even, encode_v);
+          odd = hn::Mul(odd, encode_v);
+        }
+#ifdef STQUANT_16BIT_LANES
+        StoreStep4(E2M1PairBytes(Ceil16Pair(even, odd)), out + (base + j) / 2);
+#else
+        EmitStep4(E2M1ArgminSmall(even), E2M1ArgminSmall(odd), out + (base + j) / 2);
+#endif
+      }
+      continue;
+    }
     for (int64_t g = 0; g < count; ++g) {
-      const float scale = chunk.scale[g];
       const int64_t start = (g0 + g) * gs;
       uint8_t* group_out = out + start / 2;
       if (HWY_UNLIKELY(!chunk.fast[g])) {
+        const float scale = numeric::E4M3Table()[scales[g0 + g]];
         uint8_t codes[128];
         if (scale == 0.0f) {
           // w / 0 is +-Inf or NaN, and MLX's argmin gives code 0 for both.
@@ -320,7 +485,7 @@ HWY_NOINLINE int64_t NvEncodeRowT(bool global_scale, int gs, const void* row, in
         EmitGroupCodes<4>(codes, gs, group_out);
         continue;
       }
-      const VF divisor = hn::Set(df, scale);
+      const VF divisor = hn::Set(df, chunk.scale[g]);
       for (int64_t j = 0; j < gs; j += 2 * n) {
         VF even, odd;
         LoadEvenOdd<kT>(row, start + j, even, odd);
@@ -330,7 +495,11 @@ HWY_NOINLINE int64_t NvEncodeRowT(bool global_scale, int gs, const void* row, in
           even = hn::Mul(even, encode_v);
           odd = hn::Mul(odd, encode_v);
         }
+#ifdef STQUANT_16BIT_LANES
+        StoreStep4(E2M1PairBytes(Ceil16Pair(even, odd)), out + (start + j) / 2);
+#else
         EmitStep4(E2M1ArgminSmall(even), E2M1ArgminSmall(odd), out + (start + j) / 2);
+#endif
       }
     }
   }

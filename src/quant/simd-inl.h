@@ -182,6 +182,44 @@ struct MaxOp {
   template <class V>
   HWY_INLINE V operator()(V a, V b) const { return hn::Max(a, b); }
 };
+// Max of the 16-bit halves of u32 lanes (the accumulators of MaxMagnitude16).
+struct MaxHalvesOp {
+  HWY_INLINE VU operator()(VU a, VU b) const {
+#if HWY_TARGET == HWY_SCALAR
+    const DU du;
+    const VU low = hn::Max(hn::And(a, hn::Set(du, 0xFFFFu)), hn::And(b, hn::Set(du, 0xFFFFu)));
+    return hn::Or(low, hn::ShiftLeft<16>(hn::Max(hn::ShiftRight<16>(a), hn::ShiftRight<16>(b))));
+#else
+    const hn::Repartition<uint16_t, DU> d16;
+    return hn::BitCast(DU(), hn::Max(hn::BitCast(d16, a), hn::BitCast(d16, b)));
+#endif
+  }
+};
+
+// log2 of the group size; every valid group size (16 .. 128) is a power of two (quant_spec.cc).
+HWY_INLINE int GroupSizeLog2(int gs) {
+  int log = 0;
+  while ((1 << log) < gs) ++log;
+  HWY_ASSERT((1 << log) == gs);
+  return log;
+}
+
+// Stores the low byte of the first `count` lanes to out[0 .. count).
+HWY_INLINE void StoreLowBytes(VU v, int64_t count, uint8_t* out) {
+  const DU du;
+  if (count == static_cast<int64_t>(hn::Lanes(du))) {
+    const hn::Rebind<uint8_t, DU> d8;
+#if HWY_HAVE_SCALABLE
+    hn::StoreU(hn::DemoteTo(d8, hn::BitCast(DI(), hn::And(v, hn::Set(du, 0xFFu)))), d8, out);
+#else
+    hn::StoreU(hn::TruncateTo(d8, v), d8, out);
+#endif
+    return;
+  }
+  HWY_ALIGN uint32_t lanes[kMaxLanes];
+  hn::Store(v, du, lanes);
+  for (int64_t g = 0; g < count; ++g) out[g] = static_cast<uint8_t>(lanes[g]);
+}
 
 // Writes the codes of one step from the even/odd code vectors: kBits 4 -> N bytes at out (two
 // codes per byte, even in the low nibble); kBits 8 -> 2N bytes. Each lane holds its code in the
@@ -220,9 +258,14 @@ HWY_INLINE void PackOddWidth(const uint8_t* codes, int64_t count, uint32_t* word
   for (int64_t i = 0; i < count; i += 8) {
     uint64_t x;
     std::memcpy(&x, codes + i, 8);
+#if HWY_ARCH_X86_64 && HWY_TARGET <= HWY_AVX2
+    // Highway's AVX2 and AVX-512 targets require BMI2: one PEXT gathers the 8 fields.
+    x = _pext_u64(x, 0x0101010101010101ull * ((1u << kBits) - 1));
+#else
     x = (x & 0x00FF00FF00FF00FFull) | (((x >> 8) & 0x00FF00FF00FF00FFull) << kBits);
     x = (x & 0x0000FFFF0000FFFFull) | (((x >> 16) & 0x0000FFFF0000FFFFull) << (2 * kBits));
     x = (x & 0x00000000FFFFFFFFull) | ((x >> 32) << (4 * kBits));
+#endif
     if (end - out >= 8) {
       std::memcpy(out, &x, 8);  // the bytes past kBits are overwritten by the next store
     } else {
