@@ -58,8 +58,8 @@ class Reader {
   // Validates a header held in memory (the JSON text, without the 8-byte length) against a data
   // section of `data_bytes` bytes. Used by Open and by the fuzzer. Any byte string is safe input.
   // Errors are InvalidInput. When several rules are broken the first one found is reported:
-  // file-level rules, then tensor entries in name order (byte order), then overlaps in offset
-  // order.
+  // UTF-8, then JSON syntax and duplicate keys (in text order), then the entries in name order
+  // (byte order, "__metadata__" in its place), then overlaps in offset order.
   struct Header {
     std::vector<TensorInfo> tensors;  // sorted by (begin, end, name): the order of the data
     // nullopt when "__metadata__" is absent or null (MLX writes null); else its string map.

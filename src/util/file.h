@@ -120,8 +120,8 @@ class AtomicFile {
 
 // Fault injection for tests, process-wide: after `after_bytes` more bytes have been written by
 // PwriteFull (counted over all files and threads), every further write fails with `err` (a short
-// write is done first so that the failure lands mid-buffer, as a real ENOSPC does). Also makes
-// Fsync fail with `err` once the budget is spent. Not for production use.
+// write is done first so that the failure lands mid-buffer, as a real ENOSPC does). Once the
+// budget is spent, Fsync and SyncParentDirectory fail with `err` too. Not for production use.
 void SetWriteFaultForTesting(uint64_t after_bytes, int err);
 void ClearWriteFaultForTesting();
 
