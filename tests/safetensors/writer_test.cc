@@ -12,9 +12,11 @@
 namespace stquant::safetensors {
 namespace {
 
+using ::stquant::testing::AsBytes;
 using ::stquant::testing::Exists;
 using ::stquant::testing::ReadBytes;
 using ::stquant::testing::ScratchDir;
+using ::stquant::testing::ScopedWriteFault;
 using ::stquant::testing::WriteBytes;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
@@ -22,8 +24,6 @@ using testing::IsOk;
 using testing::StatusIs;
 
 using Metadata = std::map<std::string, std::string>;
-
-std::span<const uint8_t> AsBytes(const std::string& s) { return {reinterpret_cast<const uint8_t*>(s.data()), s.size()}; }
 
 // Deterministic filler: byte i of tensor `seed`.
 std::vector<uint8_t> Pattern(uint64_t nbytes, uint32_t seed) {
@@ -35,11 +35,6 @@ std::vector<uint8_t> Pattern(uint64_t nbytes, uint32_t seed) {
   }
   return out;
 }
-
-struct FaultGuard {
-  FaultGuard(uint64_t after_bytes, int err) { util::SetWriteFaultForTesting(after_bytes, err); }
-  ~FaultGuard() { util::ClearWriteFaultForTesting(); }
-};
 
 // Writes every tensor of `writer` whole, with Pattern(nbytes, index).
 Status FillAll(Writer& writer) {
@@ -310,7 +305,7 @@ TEST_F(WriterTest, UncommittedWriterLeavesNothing) {
 }
 
 TEST_F(WriterTest, EnospcWritingHeaderLeavesNothing) {
-  FaultGuard fault(5, ENOSPC);
+  ScopedWriteFault fault(5, ENOSPC);
   EXPECT_THAT(Writer::Create(path(), {{"a", DType::kU8, {4}}}),
               StatusIs(StatusCode::kIoError, HasSubstr("No space left on device")));
   EXPECT_TRUE(dir_.List().empty());
@@ -321,7 +316,7 @@ TEST_F(WriterTest, EnospcMidDataLeavesNothingAndKeepsTheOldFile) {
   {
     auto writer = Writer::Create(path(), {{"a", DType::kU8, {100}}, {"b", DType::kU8, {100}}});
     ASSERT_THAT(writer, IsOk());
-    FaultGuard fault(150, ENOSPC);  // a full disk halfway through 'b'
+    ScopedWriteFault fault(150, ENOSPC);  // a full disk halfway through 'b'
     const std::vector<uint8_t> data(100, 7);
     ASSERT_THAT((*writer)->WriteTensorData(0, 0, data), IsOk());
     const Status failed = (*writer)->WriteTensorData(1, 0, data);
@@ -339,7 +334,7 @@ TEST_F(WriterTest, FsyncFailureAtCommitLeavesNothing) {
   auto writer = Writer::Create(path(), {{"a", DType::kU8, {4}}});
   ASSERT_THAT(writer, IsOk());
   ASSERT_THAT(FillAll(**writer), IsOk());
-  FaultGuard fault(0, EIO);
+  ScopedWriteFault fault(0, EIO);
   EXPECT_THAT((*writer)->Commit(), StatusIs(StatusCode::kIoError, HasSubstr("fsync")));
   EXPECT_TRUE(dir_.List().empty());
   EXPECT_THAT((*writer)->Commit(), StatusIs(StatusCode::kIoError, HasSubstr("fsync")));

@@ -17,21 +17,15 @@
 namespace stquant::util {
 namespace {
 
+using ::stquant::testing::AsBytes;
 using ::stquant::testing::Exists;
 using ::stquant::testing::IsOk;
 using ::stquant::testing::ReadBytes;
 using ::stquant::testing::ScratchDir;
+using ::stquant::testing::ScopedWriteFault;
 using ::stquant::testing::StatusIs;
 using ::stquant::testing::WriteBytes;
 using ::testing::HasSubstr;
-
-std::span<const uint8_t> AsBytes(const std::string& s) { return {reinterpret_cast<const uint8_t*>(s.data()), s.size()}; }
-
-// Clears the injected fault however the test ends.
-struct FaultGuard {
-  FaultGuard(uint64_t after_bytes, int err) { SetWriteFaultForTesting(after_bytes, err); }
-  ~FaultGuard() { ClearWriteFaultForTesting(); }
-};
 
 TEST(FdTest, ClosesOnDestructionAndMoves) {
   ScratchDir dir;
@@ -195,7 +189,7 @@ TEST(WriteFaultTest, FailsMidBufferAfterBudget) {
   auto file = AtomicFile::Create(dir.File("f"));
   ASSERT_THAT(file, IsOk());
   {
-    FaultGuard fault(5, ENOSPC);
+    ScopedWriteFault fault(5, ENOSPC);
     EXPECT_THAT(PwriteFull(file->fd(), AsBytes("0123456789"), 0, file->temp_path()),
                 StatusIs(StatusCode::kIoError, "write '" + file->temp_path() + "': No space left on device"));
     EXPECT_EQ(ReadBytes(file->temp_path()), "01234");  // the short write landed, as on a full disk
@@ -210,7 +204,7 @@ TEST(WriteFaultTest, CommitFailsWhenFsyncFailsAndRemovesTemp) {
   auto file = AtomicFile::Create(dir.File("f"));
   ASSERT_THAT(file, IsOk());
   ASSERT_THAT(PwriteFull(file->fd(), AsBytes("x"), 0, file->temp_path()), IsOk());
-  FaultGuard fault(0, EIO);
+  ScopedWriteFault fault(0, EIO);
   EXPECT_THAT(file->Commit(), StatusIs(StatusCode::kIoError, HasSubstr("Input/output error")));
   EXPECT_TRUE(dir.List().empty());
 }
@@ -219,7 +213,7 @@ TEST(WriteFaultTest, BudgetIsSharedAcrossThreads) {
   ScratchDir dir;
   auto file = AtomicFile::Create(dir.File("f"));
   ASSERT_THAT(file, IsOk());
-  FaultGuard fault(1000, ENOSPC);
+  ScopedWriteFault fault(1000, ENOSPC);
   std::vector<std::thread> threads;
   std::atomic<int> failures{0};
   const std::string block(100, 'x');

@@ -1,5 +1,5 @@
-// Test helpers for code that touches files: a scratch directory, whole-file read/write, and
-// gMock matchers for Status / Result.
+// Test helpers for code that touches files: a scratch directory, whole-file read/write, write
+// fault injection for a scope, and gMock matchers for Status / Result.
 #pragma once
 
 #include <dirent.h>
@@ -13,11 +13,13 @@
 #include <cstdint>
 #include <fstream>
 #include <iterator>
+#include <span>
 #include <ostream>
 #include <string>
 #include <vector>
 
 #include "stquant/status.h"
+#include "util/file.h"
 
 namespace stquant::testing {
 
@@ -55,6 +57,20 @@ class ScratchDir {
 
  private:
   std::string path_;
+};
+
+// The bytes of `s`, for the span-taking write APIs.
+inline std::span<const uint8_t> AsBytes(const std::string& s) {
+  return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
+}
+
+// util::SetWriteFaultForTesting for one scope: cleared however the test ends.
+class ScopedWriteFault {
+ public:
+  ScopedWriteFault(uint64_t after_bytes, int err) { util::SetWriteFaultForTesting(after_bytes, err); }
+  ~ScopedWriteFault() { util::ClearWriteFaultForTesting(); }
+  ScopedWriteFault(const ScopedWriteFault&) = delete;
+  ScopedWriteFault& operator=(const ScopedWriteFault&) = delete;
 };
 
 inline void WriteBytes(const std::string& path, const std::string& bytes) {
