@@ -3,9 +3,13 @@
 // own read and memcpy bandwidth measured in the same run (the ratios are the figures of merit).
 //
 //   build/bench/quant_bench [--benchmark_filter=...]
+//
+// all_threads uses QuantizeRowsParallel on every hardware thread (the counter `threads`); the
+// CPU column of Google Benchmark counts the main thread only, so use Time/GBps (mean real time).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <numeric>
 #include <random>
@@ -61,6 +65,16 @@ double MeasureGbps(uint64_t bytes, Fn fn) {
   return best;
 }
 
+// The 1/5/15-minute load averages: other processes competing for the cores make every figure here
+// (the machine limits included) lower, and all_threads no faster than 1_thread.
+void PrintLoad(const char* when) {
+  double load[3] = {0, 0, 0};
+  if (getloadavg(load, 3) != 3) return;
+  const int threads = util::HardwareThreads();
+  std::printf("load average %s: %.2f %.2f %.2f on %d hardware threads%s\n", when, load[0], load[1], load[2], threads,
+              load[0] > 0.25 * threads + 0.5 ? "  ** WARNING: machine busy, timings are not representative **" : "");
+}
+
 void MeasureMachineLimits() {
   const std::vector<uint8_t>& src = Input(DType::kF32);
   std::vector<uint8_t> dst(src.size());
@@ -93,6 +107,7 @@ void MeasureMachineLimits() {
   });
   std::printf("machine: %d threads; read %.2f GB/s, memcpy %.2f GB/s (all threads, %zu MB buffer)\n", threads,
               g_read_gbps, g_memcpy_gbps, src.size() >> 20);
+  PrintLoad("before the runs");
   std::printf("MLX CPU quantize on this machine type (shared/reference/mlx-cpu-bench.md, bf16 input): affine4 "
               "~0.31-0.39 GB/s, affine8 ~0.34-0.50, mxfp4 ~0.018, mxfp8 ~0.23-0.31, nvfp4 ~0.017\n");
 }
@@ -113,6 +128,7 @@ void BM_Quantize(benchmark::State& state, QuantSpec spec, DType dtype, bool para
   const double bytes = static_cast<double>(input.size());
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * bytes));
   // Ratios computed from the mean time: GB/s of input / machine limit.
+  state.counters["threads"] = parallel ? util::HardwareThreads() : 1;
   state.counters["GBps"] = benchmark::Counter(bytes / 1e9, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["x_read"] = benchmark::Counter(bytes / 1e9 / g_read_gbps, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["x_memcpy"] =
@@ -152,6 +168,7 @@ int main(int argc, char** argv) {
   stquant::MeasureMachineLimits();
   stquant::RegisterAll();
   benchmark::RunSpecifiedBenchmarks();
+  stquant::PrintLoad("after the runs");
   benchmark::Shutdown();
   return 0;
 }
