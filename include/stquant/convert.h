@@ -55,6 +55,10 @@ struct ConvertOptions {
   QuantProfile profile = QuantProfile::kMlxCpu;
   int threads = 0;                    // 0: all cores
   bool force = false;                 // replace an existing output directory
+  // An already-quantized source (MLX, ModelOpt NVFP4, compressed-tensors, gpt-oss MXFP4) is
+  // imported without touching a code; with `quant` set it is an error unless `requantize`, which
+  // dequantizes it with the source format's arithmetic and quantizes again (loses accuracy).
+  bool requantize = false;
 
   // Layout kOllama.
   std::string model_name;  // "foo", "me/foo:v1", "host/ns/foo:tag" (ollama-create-spec §9.3)

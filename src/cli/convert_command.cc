@@ -28,6 +28,7 @@ struct ConvertCommandOptions {
   std::string shard_size = "5GiB";
   int threads = 0;
   bool force = false, dry_run = false, json = false, quiet = false;
+  bool requantize = false;  // an already-quantized source: dequantize and quantize to -q
 };
 
 // "5GiB", "500MiB", "2G", "123": binary units, as mlx-lm's 5 << 30.
@@ -123,6 +124,7 @@ Result<ConvertOptions> BuildOptions(const ConvertCommandOptions& o) {
   STQ_ASSIGN_OR_RETURN(options.shard_bytes, ParseSize(o.shard_size));
   options.threads = o.threads;
   options.force = o.force;
+  options.requantize = o.requantize;
   return options;
 }
 
@@ -145,6 +147,11 @@ Status RunConvert(const ConvertCommandOptions& o) {
     const std::string text = o.json ? FormatPlanJson(plan) : FormatPlanText(plan);
     std::fwrite(text.data(), 1, text.size(), stdout);
     return Status::Ok();
+  }
+  if (options.requantize && options.quant) {
+    std::fprintf(stderr, "stquant: warning: --requantize: the quantized source is dequantized and quantized again to "
+                         "%s; this loses accuracy compared with a lossless import (no -q)\n",
+                 QuantTypeName(*options.quant).c_str());
   }
   const bool tty = !o.quiet && ::isatty(STDERR_FILENO);
   const auto start = std::chrono::steady_clock::now();
@@ -239,6 +246,10 @@ void RegisterConvertCommand(CLI::App& app, Status* status) {
   cmd->add_option("--shard-size", o->shard_size, "largest output shard (binary units; default 5GiB, as mlx-lm)");
   cmd->add_option("-j,--jobs", o->threads, "worker threads (0: all cores)");
   cmd->add_flag("--force", o->force, "replace an existing output directory");
+  cmd->add_flag("--requantize", o->requantize,
+                "an already-quantized source (MLX, ModelOpt NVFP4, compressed-tensors, gpt-oss MXFP4) is imported "
+                "losslessly without -q; with -q TYPE --requantize it is dequantized and quantized again (loses "
+                "accuracy)");
   cmd->add_flag("--dry-run", o->dry_run, "print the plan (every output tensor, its source and type) and sizes; write nothing");
   cmd->add_flag("--json", o->json, "with --dry-run: print the plan as JSON");
   cmd->add_flag("--quiet", o->quiet, "no progress bar and no summary");

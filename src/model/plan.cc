@@ -16,6 +16,7 @@
 #include "model/inventory.h"
 #include "model/ollama_policy.h"
 #include "model/plan_internal.h"
+#include "model/prequant.h"
 #include "safetensors/format.h"
 #include "stquant/convert.h"
 #include "stquant/fp8_block.h"
@@ -169,10 +170,10 @@ Result<PlanContext> BuildPlan(const ConvertOptions& options, bool draft) {
 
   const Classification kind = Classify(inv);
   if (kind.kind != SourceKind::kFloat && kind.kind != SourceKind::kBlockFp8) {
-    return Status::Unsupported(fmt::format(
-        "{}: the checkpoint is already quantized ({}: {}); importing prequantized models is not supported yet",
-        options.source_dir, SourceKindName(kind.kind), kind.detail));
+    STQ_RETURN_IF_ERROR(PlanPrequantConversion(options, kind, context));  // model/prequant.h
+    return context;
   }
+  STQ_RETURN_IF_ERROR(CheckNoUnknownQuantization(inv));
   plan.source_kind = std::string(SourceKindName(kind.kind));
   const bool ollama_layout = options.layout == OutputLayout::kOllama;
   const bool ollama_policy = options.policy == QuantPolicy::kOllama;

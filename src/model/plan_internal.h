@@ -8,9 +8,13 @@
 
 namespace stquant::model {
 
+struct PrequantPlan;  // model/prequant.h
+
 struct PlanContext {
   std::unique_ptr<Inventory> inventory;  // owns the open shard readers the plan refers to
   ConversionPlan plan;
+  // Set for an already-quantized source (the plan's tensors then only describe it).
+  std::shared_ptr<const PrequantPlan> prequant;
 };
 
 // `draft`: the ollama policy's draftPolicy (ollama-create-spec §7) for a draft model.
