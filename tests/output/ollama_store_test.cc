@@ -1,0 +1,113 @@
+// The ollama model store: names, blobs (content addressed, deduplicated), manifests.
+#include "output/ollama_store.h"
+
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+namespace stquant::output {
+namespace {
+
+namespace fs = std::filesystem;
+
+TEST(OllamaName, ResolveManifestPath) {
+  EXPECT_EQ(ParseOllamaName("llama2")->ManifestPath(), "registry.ollama.ai/library/llama2/latest");
+  EXPECT_EQ(ParseOllamaName("llama2:7b")->ManifestPath(), "registry.ollama.ai/library/llama2/7b");
+  EXPECT_EQ(ParseOllamaName("myuser/mymodel")->ManifestPath(), "registry.ollama.ai/myuser/mymodel/latest");
+  EXPECT_EQ(ParseOllamaName("myuser/mymodel:v1")->ManifestPath(), "registry.ollama.ai/myuser/mymodel/v1");
+  EXPECT_EQ(ParseOllamaName("registry.example.com/namespace/model:tag")->ManifestPath(),
+            "registry.example.com/namespace/model/tag");
+  EXPECT_EQ(ParseOllamaName("localhost:5000/ns/m")->ManifestPath(), "localhost:5000/ns/m/latest");
+}
+
+TEST(OllamaName, Invalid) {
+  for (const char* bad : {"", "a/b/c/d", "foo:", "/foo", "foo bar", "../x", "a/../b"}) {
+    Result<OllamaName> n = ParseOllamaName(bad);
+    ASSERT_FALSE(n.ok()) << bad;
+    EXPECT_EQ(n.status().message(), std::string("invalid model name: ") + bad);
+  }
+}
+
+TEST(OllamaSha256, KnownVector) {
+  EXPECT_EQ(Sha256Hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+}
+
+class OllamaStoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    root_ = (fs::temp_directory_path() / ("stquant_store_" + std::to_string(::getpid()))).string();
+    fs::remove_all(root_);
+  }
+  void TearDown() override { fs::remove_all(root_); }
+  std::string root_;
+};
+
+TEST_F(OllamaStoreTest, BlobsAreContentAddressedAndReused) {
+  Result<OllamaStore> store = OllamaStore::Open(root_);
+  ASSERT_TRUE(store.ok()) << store.status().message();
+  Result<OllamaLayer> a = store->AddBlobBytes("abc", kOllamaMediaJson, "a.json");
+  ASSERT_TRUE(a.ok()) << a.status().message();
+  EXPECT_EQ(a->digest, "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  EXPECT_EQ(a->size, 3u);
+  EXPECT_FALSE(a->reused);
+  EXPECT_TRUE(fs::is_regular_file(store->BlobPath(a->digest)));
+  Result<OllamaLayer> b = store->AddBlobBytes("abc", kOllamaMediaJson, "b.json");
+  ASSERT_TRUE(b.ok());
+  EXPECT_TRUE(b->reused);
+  EXPECT_EQ(b->digest, a->digest);
+  // Only the blob remains in blobs/: no temporary files.
+  int files = 0;
+  for (const auto& e : fs::directory_iterator(fs::path(root_) / "blobs")) {
+    ++files;
+    EXPECT_EQ(e.path().filename().string().rfind("sha256-", 0), 0u) << e.path();
+  }
+  EXPECT_EQ(files, 1);
+}
+
+TEST_F(OllamaStoreTest, ManifestIsWrittenWithLayersInOrder) {
+  Result<OllamaStore> store = OllamaStore::Open(root_);
+  ASSERT_TRUE(store.ok());
+  OllamaLayer config = *store->AddBlobBytes("{}", kOllamaMediaConfig, "");
+  OllamaLayer t = *store->AddBlobBytes("tensor", kOllamaMediaTensor, "w.weight");
+  OllamaLayer j = *store->AddBlobBytes("{\"a\":1}", kOllamaMediaJson, "config.json");
+  Result<std::string> path = store->WriteManifest(*ParseOllamaName("me/m:v1"), config, {t, j});
+  ASSERT_TRUE(path.ok()) << path.status().message();
+  EXPECT_EQ(*path, root_ + "/manifests/registry.ollama.ai/me/m/v1");
+  Result<nlohmann::json> m = store->ReadManifest(*ParseOllamaName("me/m:v1"));
+  ASSERT_TRUE(m.ok());
+  EXPECT_EQ((*m)["schemaVersion"], 2);
+  EXPECT_EQ((*m)["mediaType"], kOllamaMediaManifest);
+  EXPECT_EQ((*m)["config"]["digest"], config.digest);
+  EXPECT_FALSE((*m)["config"].contains("name"));
+  ASSERT_EQ((*m)["layers"].size(), 2u);
+  EXPECT_EQ((*m)["layers"][0]["name"], "w.weight");
+  EXPECT_EQ((*m)["layers"][1]["mediaType"], kOllamaMediaJson);
+  EXPECT_FALSE(store->ReadManifest(*ParseOllamaName("other")).ok());
+}
+
+TEST_F(OllamaStoreTest, OpenRemovesTemporariesOfDeadProcesses) {
+  fs::create_directories(fs::path(root_) / "blobs");
+  // pid 2^22 + 7 is above the default pid_max of most systems: no such process.
+  const fs::path stale = fs::path(root_) / "blobs" / ".stquant-tmp-4194311-0";
+  const fs::path mine = fs::path(root_) / "blobs" / (".stquant-tmp-" + std::to_string(::getpid()) + "-0");
+  std::ofstream(stale) << "partial";
+  std::ofstream(mine) << "in progress";
+  ASSERT_TRUE(OllamaStore::Open(root_).ok());
+  EXPECT_FALSE(fs::exists(stale));
+  EXPECT_TRUE(fs::exists(mine));
+}
+
+TEST(OllamaModelsDir, Resolution) {
+  EXPECT_EQ(*ResolveOllamaModelsDir("/x"), "/x");
+  ::setenv("OLLAMA_MODELS", "/from/env", 1);
+  EXPECT_EQ(*ResolveOllamaModelsDir(""), "/from/env");
+  ::unsetenv("OLLAMA_MODELS");
+  ::setenv("HOME", "/home/u", 1);
+  EXPECT_EQ(*ResolveOllamaModelsDir(""), "/home/u/.ollama/models");
+}
+
+}  // namespace
+}  // namespace stquant::output
