@@ -129,23 +129,37 @@ TEST(SimdVsRef, ParallelDriverEqualsOneCall) {
   }
 }
 
-TEST(SimdVsRef, NonFiniteInputIsRefusedWithItsIndex) {
-  for (float bad : {std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity(), NAN}) {
-    std::vector<uint8_t> input = MakeInput(DType::kF32, 4 * 128, Distribution::kNormal, 3);
-    std::memcpy(input.data() + 4 * 300, &bad, 4);
-    for (const QuantSpec& spec : AllSpecs()) {
-      std::vector<uint32_t> packed(4 * 128);
-      std::vector<uint8_t> scales(4 * 128 * 4), biases(4 * 128 * 4);
-      for (bool parallel : {false, true}) {
-        const Status status =
-            parallel ? QuantizeRowsParallel(spec, DType::kF32, input.data(), 4, 128, 1.0f,
-                                            {packed.data(), scales.data(), biases.data()}, 2)
-                     : QuantizeRows(spec, DType::kF32, input.data(), 4, 128, 1.0f, {packed.data(), scales.data(), biases.data()});
-        ASSERT_EQ(status.code(), StatusCode::kInvalidInput);
-        EXPECT_NE(status.message().find("element 300 "), std::string::npos) << status.message();
+TEST(SimdVsRef, NonFiniteInputIsRefusedWithItsIndexOnEveryTarget) {
+  const float inf = std::numeric_limits<float>::infinity();
+  int checked = 0;
+  quant::ForEachSupportedTarget([&](const char* target) {
+    for (DType dtype : {DType::kBF16, DType::kF16, DType::kF32}) {
+      const int bytes = dtype == DType::kF32 ? 4 : 2;
+      for (float bad : {inf, -inf, std::numeric_limits<float>::quiet_NaN()}) {
+        std::vector<uint8_t> input = MakeInput(dtype, 4 * 128, Distribution::kNormal, 3);
+        if (dtype == DType::kF32) {
+          std::memcpy(input.data() + 4 * 300, &bad, 4);
+        } else {
+          const uint16_t h = dtype == DType::kBF16 ? numeric::BF16FromFloat(bad) : numeric::F16FromFloat(bad);
+          std::memcpy(input.data() + 2 * 300, &h, 2);
+        }
+        for (const QuantSpec& spec : AllSpecs()) {
+          SCOPED_TRACE(std::string(target) + " " + std::string(DTypeName(dtype)) + " " + QuantTypeName(spec));
+          std::vector<uint32_t> packed(4 * 128);
+          std::vector<uint8_t> scales(4 * 128 * bytes), biases(4 * 128 * bytes);
+          for (bool parallel : {false, true}) {
+            const QuantizedBuffers out{packed.data(), scales.data(), biases.data()};
+            const Status status = parallel ? QuantizeRowsParallel(spec, dtype, input.data(), 4, 128, 1.0f, out, 2)
+                                           : quant::QuantizeRowsFast(spec, dtype, input.data(), 4, 128, 1.0f, out);
+            ASSERT_EQ(status.code(), StatusCode::kInvalidInput);
+            EXPECT_NE(status.message().find("element 300 "), std::string::npos) << status.message();
+            ++checked;
+          }
+        }
       }
     }
-  }
+  });
+  EXPECT_GT(checked, 100);
 }
 
 }  // namespace
