@@ -303,7 +303,7 @@ HWY_NOINLINE int64_t MxEncodeRowT(QuantProfile profile, int gs, const void* row,
   const int64_t groups = cols / gs;
   FpChunk chunks[2];
   if (groups == 0) return -1;
-  const int log_gs = GroupSizeLog2(gs);
+  [[maybe_unused]] const int log_gs = GroupSizeLog2(gs);  // unused when every element step is 16-bit
   int64_t bad = MxPrepareChunk<kT, kMode>(profile, gs, row, 0, std::min<int64_t>(n, groups), chunks[0], scales);
   if (HWY_UNLIKELY(bad >= 0)) return bad;
   for (int64_t g0 = 0, c = 0; g0 < groups; g0 += n, ++c) {

@@ -227,7 +227,7 @@ HWY_INLINE void StoreLowBytes(VU v, int64_t count, uint8_t* out) {
 // drops them, so the callers need not clear them).
 template <int kBits>
 HWY_INLINE void EmitStep(VU even, VU odd, uint8_t* out) {
-  const DU du;
+  [[maybe_unused]] const DU du;  // used by the scalable-vector branches
   static_assert(kBits == 4 || kBits == 8, "4 or 8 bits");
   const VU pair = hn::Or(even, hn::ShiftLeft<kBits>(odd));
   if constexpr (kBits == 4) {
