@@ -16,7 +16,9 @@ int Fail(const std::string& message, int exit_code) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+namespace {
+
+int Run(int argc, char** argv) {
   CLI::App app{"stquant: turn Hugging Face safetensors checkpoints into MLX-quantized models", "stquant"};
   app.require_subcommand(1);
   app.fallthrough(false);
@@ -44,4 +46,19 @@ int main(int argc, char** argv) {
   }
   if (!status.ok()) return Fail(status.message(), status.ExitCode());
   return 0;
+}
+
+}  // namespace
+
+// Nothing escapes main: an exception while building the command line (std::bad_alloc) is an
+// internal error, exit 1, like one while running a command (found by clang-tidy).
+int main(int argc, char** argv) {
+  try {
+    return Run(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "stquant: error: internal error: %s\n", e.what());
+  } catch (...) {
+    std::fprintf(stderr, "stquant: error: internal error: unknown exception\n");
+  }
+  return 1;
 }
