@@ -818,9 +818,16 @@ Status PlanPrequantConversion(const ConvertOptions& options, const Classificatio
     }
     plan.tensors.push_back(std::move(p));
   }
-  for (const PlannedTensor& t : plan.tensors) {
-    plan.output_bytes += t.output_bytes;
-    plan.parameters += t.quant ? Elements(t.shape) : t.output_bytes * 8 / std::max(1, DTypeBits(t.dtype));
+  for (const PlannedTensor& t : plan.tensors) plan.output_bytes += t.output_bytes;
+  // Logical parameters: a packed weight counts its codes, scales/biases/global scales nothing.
+  for (const PrequantTensor& t : pq.tensors) {
+    if (t.role == PrequantRole::kTensor) {
+      plan.parameters += Elements(t.shape);
+    } else if (t.role == PrequantRole::kWeight) {
+      for (const PrequantLayer& l : pq.layers) {
+        if (l.path == t.layer) plan.parameters += Elements(t.shape) * 32 / l.spec.bits;
+      }
+    }
   }
   plan.warnings.push_back(fmt::format("source format: {}", pq.format));
   for (const std::string& n : pq.notes) plan.warnings.push_back(n);
