@@ -59,6 +59,13 @@ struct InspectReport {
 // IoError when the OS fails.
 Result<InspectReport> Inspect(const std::string& path);
 
+// A model of an ollama store (`stquant inspect --models-dir DIR NAME`): its manifest, the config
+// blob, and every layer with, for tensor blobs, each tensor's dtype, shape and quantization (from
+// the blob's __metadata__, per tensor or uniform). `models_dir` empty: $OLLAMA_MODELS, else
+// ~/.ollama/models. InvalidArgument for an invalid or unknown name; InvalidInput for a malformed
+// manifest or blob. Returns the text or (json) one JSON object with a trailing newline.
+Result<std::string> InspectOllamaModel(const std::string& models_dir, const std::string& name, bool json);
+
 // Human-readable: a header, one line per tensor, per-dtype totals and the quantized layers.
 std::string FormatInspectText(const InspectReport& report);
 // Machine-readable JSON (one object, keys sorted, trailing newline); see docs in README.md.

@@ -66,6 +66,12 @@ class OllamaStore {
   // Creates <root>/blobs and <root>/manifests when missing; removes temporary blob files left by
   // processes that no longer run.
   static Result<OllamaStore> Open(const std::string& root);
+  // For reading only (ReadManifest, BlobPath): creates and removes nothing.
+  static OllamaStore OpenForReading(const std::string& root) {
+    OllamaStore store;
+    store.root_ = root;
+    return store;
+  }
 
   const std::string& root() const { return root_; }
   std::string BlobPath(const std::string& digest) const;  // "sha256:<hex>" or "<hex>"

@@ -317,3 +317,24 @@ def test_cli_errors(stquant, shared_dir, tmp_path):
     p = convert(stquant, tmp_path, tmp_path, "m", check=False)
     assert p.returncode == 2 and "is not a supported safetensors model directory" in p.stderr
     assert not (tmp_path / "manifests").exists() or not any((tmp_path / "manifests").rglob("latest"))
+
+
+def test_inspect_by_name(stquant, shared_dir, tmp_path):
+    src = shared_dir / "fixtures" / "hf" / "tiny-qwen3"
+    convert(stquant, src, tmp_path, "me/m:v1", "-q", "nvfp4")
+    p = subprocess.run([str(stquant), "inspect", "--models-dir", str(tmp_path), "me/m:v1", "--json"],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    report = json.loads(p.stdout)
+    manifest = json.loads((tmp_path / "manifests/registry.ollama.ai/me/m/v1").read_text())
+    assert [l["digest"] for l in report["layers"]] == [l["digest"] for l in manifest["layers"]]
+    assert report["config"]["file_type"] == "nvfp4"
+    q = {t["name"]: t.get("quant_type") for l in report["layers"] for t in l.get("tensors", [])}
+    assert q["model.layers.0.self_attn.q_proj.weight"] == "nvfp4"
+    assert q["model.layers.0.self_attn.v_proj.weight"] == "mxfp8"
+    assert q["model.norm.weight"] is None
+    text = subprocess.run([str(stquant), "inspect", "--models-dir", str(tmp_path), "me/m:v1"],
+                          capture_output=True, text=True).stdout
+    assert "model.layers.0.self_attn.q_proj.weight.scale" in text and "nvfp4 g16" in text
+    p = subprocess.run([str(stquant), "inspect", "--models-dir", str(tmp_path), "absent"], capture_output=True, text=True)
+    assert p.returncode == 2 and "not found" in p.stderr
