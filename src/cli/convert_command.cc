@@ -215,7 +215,7 @@ void RegisterConvertCommand(CLI::App& app, Status* status) {
   cmd->add_option("-q,--quantize", o->type,
                   "type: int2..int8 (affine, group 64), mxfp4, mxfp8, nvfp4; none: no quantization. A block-FP8 "
                   "source is decoded first, so any type works with it (unlike ollama, which refuses -q for FP8 "
-                  "sources). --policy ollama: int4 (q4, fp4), int8 (q8, fp8), nvfp4, mxfp4, mxfp8 only; without "
+                  "sources). --policy ollama: int4, int8, nvfp4, mxfp4, mxfp8 only; without "
                   "-q a block-FP8 source becomes mxfp8 (tensors the policy declines are decoded to BF16)");
   cmd->add_option("--mode", o->mode, "MLX mode instead of -q: affine, mxfp4, mxfp8, nvfp4");
   cmd->add_option("--bits", o->bits, "bits per weight (affine: 2, 3, 4, 5, 6, 8)");
