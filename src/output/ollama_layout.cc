@@ -205,6 +205,14 @@ Result<ConvertSummary> ConvertToOllamaStore(const ConvertOptions& given,
 
   // Everything that can fail on the input is checked before the first blob is written.
   STQ_ASSIGN_OR_RETURN(model::PlanContext context, model::BuildPlan(options));
+  // Already-quantized sources (ollama-create-spec §6.3) are not imported into the store yet.
+  auto refuse_prequant = [](const model::PlanContext& c, const std::string& dir) -> Status {
+    if (!c.prequant) return Status::Ok();
+    return Status::Unsupported(fmt::format(
+        "{}: the checkpoint is already quantized ({}); the ollama layout imports float and block-FP8 sources only",
+        dir, c.plan.source_kind));
+  };
+  STQ_RETURN_IF_ERROR(refuse_prequant(context, options.source_dir));
   std::optional<model::PlanContext> draft;
   nlohmann::ordered_json draft_info;
   if (!options.draft_dir.empty()) {
@@ -212,6 +220,7 @@ Result<ConvertSummary> ConvertToOllamaStore(const ConvertOptions& given,
     draft_options.source_dir = options.draft_dir;
     draft_options.quant = options.draft_quant;
     STQ_ASSIGN_OR_RETURN(model::PlanContext d, model::BuildPlan(draft_options, /*draft=*/true));
+    STQ_RETURN_IF_ERROR(refuse_prequant(d, options.draft_dir));
     const std::string arch = model::OllamaArchitecture(d.inventory->config());
     if (arch.empty()) return Status::InvalidInput("draft architecture not found in " + options.draft_dir);
     draft_info["model_format"] = "safetensors";
