@@ -23,7 +23,6 @@ struct ConvertCommandOptions {
   std::string layout = "mlx";
   std::string policy;  // default: the layout's (mlx-lm for mlx, ollama for ollama)
   std::string name, models_dir, modelfile, draft, draft_type;
-
   std::string profile = "mlx-cpu";
   std::string shard_size = "5GiB";
   int threads = 0;
@@ -176,6 +175,7 @@ Status RunConvert(const ConvertCommandOptions& o) {
   if (tty) std::fprintf(stderr, "\n");
   if (!result.ok()) return result.status();
   const ConvertSummary& s = *result;
+  for (const std::string& warning : s.warnings) std::fprintf(stderr, "stquant: warning: %s\n", warning.c_str());
   if (!o.quiet) {
     const double bpw = s.parameters ? 8.0 * s.output_bytes / s.parameters : 0.0;
     if (options.layout == OutputLayout::kOllama) {

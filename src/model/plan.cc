@@ -549,7 +549,6 @@ Result<PlanContext> BuildPlan(const ConvertOptions& options, bool draft) {
     plan.tensors = std::move(ordered);
   }
 
-
   // 5. Files copied beside the weights: everything at the top level but weights, the config and
   // the index (tokenizer, generation config, chat templates, license, ...).
   std::error_code ec;

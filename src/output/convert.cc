@@ -233,6 +233,7 @@ Result<ConvertSummary> Convert(const ConvertOptions& options,
   summary.shards = shard_count;
   summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   summary.peak_rss_bytes = PeakRssBytes();
+  summary.warnings = plan.warnings;
   return summary;
 }
 
