@@ -135,6 +135,7 @@ struct ConvertSummary {
   int shards = 0;
   double seconds = 0.0;
   uint64_t peak_rss_bytes = 0;
+  std::vector<std::string> warnings;  // the plan's (unknown architecture, index oddities, ...)
   // Layout kOllama.
   std::string manifest_path;
   uint64_t layers = 0;
