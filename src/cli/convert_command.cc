@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "commands.h"
+#include "quant_args.h"
 #include "stquant/convert.h"
 
 namespace stquant::cli {
@@ -17,13 +18,12 @@ namespace {
 
 struct ConvertCommandOptions {
   std::string source, output;
-  std::string type, mode, recipe;
-  std::optional<int> bits, group_size;
+  QuantArgs quant;
+  std::string recipe;
   std::vector<std::string> overrides;
   std::string layout = "mlx";
   std::string policy;  // default: the layout's (mlx-lm for mlx, ollama for ollama)
   std::string name, models_dir, modelfile, draft, draft_type;
-  std::string profile = "mlx-cpu";
   std::string shard_size = "5GiB";
   int threads = 0;
   bool force = false, dry_run = false, json = false, quiet = false;
@@ -50,27 +50,6 @@ Result<uint64_t> ParseSize(const std::string& text) {
   else if (!unit.empty()) return Status::InvalidArgument("--shard-size '" + text + "': unknown unit");
   if (!(value > 0)) return Status::InvalidArgument("--shard-size must be positive");
   return static_cast<uint64_t>(value * factor);
-}
-
-Result<std::optional<QuantSpec>> SpecFromOptions(const ConvertCommandOptions& o) {
-  if (o.type.empty() && o.mode.empty()) {
-    if (o.bits || o.group_size) return Status::InvalidArgument("--bits/--group-size need -q TYPE or --mode");
-    return std::optional<QuantSpec>();
-  }
-  if (!o.type.empty() && !o.mode.empty()) return Status::InvalidArgument("give -q TYPE or --mode MODE, not both");
-  QuantSpec spec;
-  if (!o.type.empty()) {
-    STQ_ASSIGN_OR_RETURN(spec, ParseQuantType(o.type));
-  } else {
-    STQ_ASSIGN_OR_RETURN(spec.mode, ParseQuantMode(o.mode));
-    spec.bits = ModeInfo(spec.mode).default_bits;
-    spec.group_size = ModeInfo(spec.mode).default_group_size;
-  }
-  if (o.bits) spec.bits = *o.bits;
-  if (o.group_size) spec.group_size = *o.group_size;
-  STQ_ASSIGN_OR_RETURN(spec.profile, ParseQuantProfile(o.profile));
-  STQ_RETURN_IF_ERROR(ValidateQuantSpec(spec));
-  return std::optional<QuantSpec>(spec);
 }
 
 Result<ConvertOptions> BuildOptions(const ConvertCommandOptions& o) {
@@ -100,8 +79,8 @@ Result<ConvertOptions> BuildOptions(const ConvertCommandOptions& o) {
       return Status::InvalidArgument("--name, --models-dir, -f, --draft and --draft-quantize need --layout ollama");
     }
   }
-  STQ_ASSIGN_OR_RETURN(options.quant, SpecFromOptions(o));
-  STQ_ASSIGN_OR_RETURN(options.profile, ParseQuantProfile(o.profile));
+  STQ_ASSIGN_OR_RETURN(options.quant, SpecFromArgs(o.quant));
+  STQ_ASSIGN_OR_RETURN(options.profile, ParseQuantProfile(o.quant.profile));
   options.recipe = o.recipe;
   for (const std::string& rule : o.overrides) {
     const size_t eq = rule.rfind('=');
@@ -212,14 +191,11 @@ void RegisterConvertCommand(CLI::App& app, Status* status) {
                   "Hugging Face model directory (config.json + *.safetensors); with --layout ollama it may come from "
                   "the Modelfile's FROM instead");
   cmd->add_option("-o,--output", o->output, "output directory (must not exist, unless --force); mlx layout");
-  cmd->add_option("-q,--quantize", o->type,
-                  "type: int2..int8 (affine, group 64), mxfp4, mxfp8, nvfp4; none: no quantization. A block-FP8 "
-                  "source is decoded first, so any type works with it (unlike ollama, which refuses -q for FP8 "
-                  "sources). --policy ollama: int4, int8, nvfp4, mxfp4, mxfp8 only; without "
-                  "-q a block-FP8 source becomes mxfp8 (tensors the policy declines are decoded to BF16)");
-  cmd->add_option("--mode", o->mode, "MLX mode instead of -q: affine, mxfp4, mxfp8, nvfp4");
-  cmd->add_option("--bits", o->bits, "bits per weight (affine: 2, 3, 4, 5, 6, 8)");
-  cmd->add_option("--group-size", o->group_size, "elements per scale (affine: 32, 64, 128)");
+  AddQuantArgs(cmd, &o->quant,
+               "type: int2..int8 (affine, group 64), mxfp4, mxfp8, nvfp4; none: no quantization. A block-FP8 "
+               "source is decoded first, so any type works with it (unlike ollama, which refuses -q for FP8 "
+               "sources). --policy ollama: int4, int8, nvfp4, mxfp4, mxfp8 only; without "
+               "-q a block-FP8 source becomes mxfp8 (tensors the policy declines are decoded to BF16)");
   cmd->add_option("--recipe,--quant-predicate", o->recipe, "mlx-lm mixed recipe: mixed_2_6, mixed_3_4, mixed_3_6, mixed_4_6")
       ->check(CLI::IsMember({"mixed_2_6", "mixed_3_4", "mixed_3_6", "mixed_4_6"}));
   cmd->add_option("--override", o->overrides,
@@ -241,8 +217,6 @@ void RegisterConvertCommand(CLI::App& app, Status* status) {
                   "REQUIRES, DRAFT)");
   cmd->add_option("--draft", o->draft, "ollama layout: a draft (MTP) model directory, imported with the draft. prefix");
   cmd->add_option("--draft-quantize", o->draft_type, "ollama layout: quantization type of the draft model");
-  cmd->add_option("--profile", o->profile, "numerics: mlx-cpu (MLX >= 0.32.3, default) or mlx-cpu-0.32.2")
-      ->check(CLI::IsMember({"mlx-cpu", "mlx-cpu-0.32.2"}));
   cmd->add_option("--shard-size", o->shard_size, "largest output shard (binary units; default 5GiB, as mlx-lm)");
   cmd->add_option("-j,--jobs", o->threads, "worker threads (0: all cores)");
   cmd->add_flag("--force", o->force, "replace an existing output directory");

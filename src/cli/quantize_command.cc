@@ -3,6 +3,7 @@
 #include <string>
 
 #include "commands.h"
+#include "quant_args.h"
 #include "stquant/quantize_file.h"
 
 namespace stquant::cli {
@@ -11,39 +12,19 @@ namespace {
 
 struct QuantizeCommandOptions {
   std::string input, output;
-  std::string type;  // -q
-  std::string mode;  // --mode
-  std::optional<int> bits, group_size;
+  QuantArgs quant;
   std::string tensors;
   std::string naming = "mlx";
-  std::string profile = "mlx-cpu";
   bool global_scale = false;
   int threads = 0;
 };
 
-Result<QuantSpec> SpecFromOptions(const QuantizeCommandOptions& o) {
-  if (o.type.empty() == o.mode.empty()) {
-    return Status::InvalidArgument("give exactly one of -q TYPE or --mode MODE");
-  }
-  QuantSpec spec;
-  if (!o.type.empty()) {
-    STQ_ASSIGN_OR_RETURN(spec, ParseQuantType(o.type));
-  } else {
-    STQ_ASSIGN_OR_RETURN(spec.mode, ParseQuantMode(o.mode));
-    spec.bits = ModeInfo(spec.mode).default_bits;
-    spec.group_size = ModeInfo(spec.mode).default_group_size;
-  }
-  if (o.bits) spec.bits = *o.bits;
-  if (o.group_size) spec.group_size = *o.group_size;
-  spec.global_scale = o.global_scale;
-  STQ_ASSIGN_OR_RETURN(spec.profile, ParseQuantProfile(o.profile));
-  STQ_RETURN_IF_ERROR(ValidateQuantSpec(spec));
-  return spec;
-}
-
 Status RunQuantize(const QuantizeCommandOptions& o) {
   QuantizeFileOptions options;
-  STQ_ASSIGN_OR_RETURN(options.spec, SpecFromOptions(o));
+  STQ_ASSIGN_OR_RETURN(std::optional<QuantSpec> spec, SpecFromArgs(o.quant));
+  if (!spec) return Status::InvalidArgument("give -q TYPE or --mode MODE");
+  options.spec = *spec;
+  options.spec.global_scale = o.global_scale;
   options.tensor_regex = o.tensors;
   options.naming = o.naming == "ollama" ? TensorNaming::kOllama : TensorNaming::kMlx;
   options.threads = o.threads;
@@ -76,18 +57,12 @@ void RegisterQuantizeCommand(CLI::App& app, Status* status) {
       "quantize", "Quantize the float tensors of one .safetensors file, byte-exact with MLX's mx.quantize (CPU)");
   cmd->add_option("input", o->input, "input .safetensors file")->required();
   cmd->add_option("-o,--output", o->output, "output .safetensors file (written atomically)")->required();
-  cmd->add_option("-q,--quantize", o->type, "type: int2..int8 (affine, group 64), mxfp4, mxfp8, nvfp4");
-  cmd->add_option("--mode", o->mode, "MLX mode: affine, mxfp4, mxfp8, nvfp4 (with --bits/--group-size)");
-  cmd->add_option("--bits", o->bits, "bits per weight (affine: 2, 3, 4, 5, 6, 8)");
-  cmd->add_option("--group-size", o->group_size, "elements per scale (affine: 32, 64, 128)");
+  AddQuantArgs(cmd, &o->quant, "type: int2..int8 (affine, group 64), mxfp4, mxfp8, nvfp4");
   cmd->add_option("--tensors", o->tensors, "quantize only tensors whose whole name matches this regex");
   cmd->add_option("--naming", o->naming, "output names: mlx (x.scales, x.biases) or ollama (x.scale, x.bias)")
       ->check(CLI::IsMember({"mlx", "ollama"}));
   cmd->add_flag("--global-scale", o->global_scale,
                 "nvfp4: use a per-tensor float32 global scale max|w| (written as <t>.global_scale)");
-  cmd->add_option("--profile", o->profile,
-                  "numerics: mlx-cpu (MLX >= 0.32.3, default) or mlx-cpu-0.32.2 (mx scales rounded to nearest)")
-      ->check(CLI::IsMember({"mlx-cpu", "mlx-cpu-0.32.2"}));
   cmd->add_option("-j,--jobs", o->threads, "worker threads (0: all cores)");
   cmd->callback([o, status] { *status = RunQuantize(*o); });
 }
