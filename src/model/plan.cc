@@ -14,6 +14,7 @@
 
 #include "model/arch.h"
 #include "model/inventory.h"
+#include "model/json_util.h"
 #include "model/ollama_policy.h"
 #include "model/plan_internal.h"
 #include "model/prequant.h"
@@ -123,16 +124,16 @@ std::optional<std::pair<int64_t, int64_t>> Fp8WeightBlockSize(const nlohmann::js
     return std::make_pair(v[0].get<int64_t>(), v[1].get<int64_t>());
   };
   for (const nlohmann::json* b : blocks) {
-    const std::string method = lower(b->value("quant_method", std::string()));
+    const std::string method = lower(model::JsonString(*b, "quant_method"));
     if (method == "fp8" && b->contains("weight_block_size")) {
       if (auto p = pair((*b)["weight_block_size"])) return p;
     }
-    if (method == "compressed-tensors" || b->value("format", std::string()) == "float-quantized") {
+    if (method == "compressed-tensors" || model::JsonString(*b, "format") == "float-quantized") {
       if (auto groups = b->find("config_groups"); groups != b->end() && groups->is_object()) {
         for (const auto& [key, g] : groups->items()) {
-          if (!g.is_object() || g.value("format", std::string()) != "float-quantized") continue;
+          if (!g.is_object() || model::JsonString(g, "format") != "float-quantized") continue;
           auto w = g.find("weights");
-          if (w == g.end() || !w->is_object() || w->value("num_bits", 0) != 8 || w->value("type", std::string()) != "float") {
+          if (w == g.end() || !w->is_object() || model::JsonInt(*w, "num_bits", 0) != 8 || model::JsonString(*w, "type") != "float") {
             continue;
           }
           if (auto bs = w->find("block_structure"); bs != w->end()) {

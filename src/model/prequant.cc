@@ -9,6 +9,7 @@
 #include <fmt/ranges.h>
 
 #include "model/arch.h"
+#include "model/json_util.h"
 #include "safetensors/format.h"
 
 namespace stquant::model {
@@ -61,7 +62,7 @@ std::string QuantMethod(const Inventory& inv) {
 
 const json* CompressedTensorsBlock(const json& config) {
   for (const json* b : QuantBlocks(config)) {
-    if (b->value("quant_method", std::string()) == "compressed-tensors") return b;
+    if (JsonString(*b, "quant_method") == "compressed-tensors") return b;
   }
   for (const json* b : QuantBlocks(config)) {
     if (b->contains("config_groups")) return b;
@@ -390,7 +391,7 @@ Status PlanModelOpt(Builder& b) {
   if (inv.hf_quant_config()) {
     const json* q = &*inv.hf_quant_config();
     if (auto it = q->find("quantization"); it != q->end() && it->is_object()) q = &*it;
-    const std::string algo = q->value("quant_algo", std::string());
+    const std::string algo = JsonString(*q, "quant_algo");
     if (!algo.empty() && algo != "NVFP4") {
       return Status::Unsupported(fmt::format("{}: hf_quant_config.json: ModelOpt quant_algo '{}' is not supported (only "
                                              "NVFP4)",
@@ -438,7 +439,7 @@ Status PlanCompressedTensors(Builder& b) {
     return Status::InvalidInput(fmt::format(
         "{}: compressed-tensors tensors (*.weight_packed) without a config.json quantization_config", b.where));
   }
-  std::string format = block->value("format", std::string());
+  std::string format = JsonString(*block, "format");
   // Per-group weight arguments (num_bits, symmetric, strategy, group_size) and format.
   struct Args {
     std::string format;
@@ -452,10 +453,10 @@ Status PlanCompressedTensors(Builder& b) {
     for (const auto& [key, g] : cg->items()) {
       if (!g.is_object()) continue;
       Args a;
-      a.format = g.value("format", format);
+      a.format = JsonString(g, "format", format);
       if (auto w = g.find("weights"); w != g.end() && w->is_object()) {
-        a.bits = w->value("num_bits", 0);
-        a.symmetric = w->value("symmetric", true);
+        a.bits = JsonInt(*w, "num_bits", 0);
+        a.symmetric = JsonBool(*w, "symmetric", true);
         a.strategy = (*w)["strategy"].is_string() ? (*w)["strategy"].get<std::string>() : "";
         a.type = (*w)["type"].is_string() ? (*w)["type"].get<std::string>() : "";
         a.group_size = (*w)["group_size"].is_number_integer() ? (*w)["group_size"].get<int>() : 0;

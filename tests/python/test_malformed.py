@@ -394,6 +394,13 @@ CASES += [
         r, {"model.safetensors": {"model.layers.3.mlp.down_proj.weight": weight((4, 64))}},
         config={"model_type": "llama", "num_hidden_layers": 1e300}),
                  ["num_hidden_layers 1e+300 is not a layer count"], args=("-q", "int4", "--recipe", "mixed_3_6")),
+    # Config members of the wrong type are read as missing (they used to throw: exit 1).
+    convert_case("config-quant-method-not-a-string", lambda r: model_dir(
+        r, {"model.safetensors": {"model.layers.0.mlp.down_proj.weight": ("F8_E4M3", [128, 128], None),
+                                  "model.layers.0.mlp.down_proj.weight_scale_inv": ("F32", [1, 1], None)}},
+        config={"model_type": "qwen3", "quantization_config": {"quant_method": 5, "format": [],
+                                                               "weight_block_size": [128, 128]}}), [],
+                 args=("--policy", "ollama"), rc=0),
 ]
 
 
