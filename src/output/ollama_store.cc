@@ -150,7 +150,7 @@ Result<OllamaStore> OllamaStore::Open(const std::string& root) {
   for (const auto& entry : fs::directory_iterator(fs::path(root) / "blobs", ec)) {
     std::string file = entry.path().filename().string();
     const size_t at = file.find(kTempPrefix);
-    if (at == std::string::npos || at > 1) continue;
+    if (at > 1) continue;  // also when absent (npos)
     const long pid = std::strtol(file.c_str() + at + kTempPrefix.size(), nullptr, 10);
     if (!ProcessAlive(pid)) fs::remove(entry.path(), ec);
   }

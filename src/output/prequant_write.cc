@@ -474,6 +474,9 @@ Result<ConvertSummary> ConvertPrequantMlx(const ConvertOptions& options, const m
     for (const model::PrequantLayer& l : pq.layers) {
       if (l.path == t.layer) layer = &l;
     }
+    if (layer == nullptr) {
+      return Status::Internal(fmt::format("tensor '{}': layer '{}' is missing from the import plan", t.name, t.layer));
+    }
     std::vector<int64_t> shape = t.shape;
     shape.back() = shape.back() * 32 / layer->spec.bits;
     int64_t elements = 1;
