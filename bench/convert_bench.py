@@ -29,13 +29,17 @@ MODES = [("int4", ["-q", "int4"], ["-q"]), ("mxfp4", ["-q", "mxfp4"], ["-q", "--
 
 
 def run_timed(cmd, env=None):
-    """Runs cmd under /usr/bin/time -v; returns (wall seconds, peak RSS bytes)."""
+    """Runs cmd under /usr/bin/time -v; returns (wall seconds or None when it failed, peak RSS
+    bytes). A failure (e.g. mlx_lm.convert killed for memory) is reported, not fatal."""
     start = time.monotonic()
     proc = subprocess.run(["/usr/bin/time", "-v", *map(str, cmd)], capture_output=True, text=True, env=env)
     wall = time.monotonic() - start
-    if proc.returncode != 0:
-        raise RuntimeError(f"{cmd} failed: {proc.stderr[-2000:]}")
     rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1)) * 1024
+    failed = proc.returncode != 0 or "terminated by signal" in proc.stderr
+    if failed:
+        print(f"  FAILED after {wall:.1f} s (peak RSS {rss / 2**30:.1f} GiB): {' '.join(map(str, cmd))}: "
+              f"{proc.stderr.strip().splitlines()[0]}", flush=True)
+        return None, rss
     return wall, rss
 
 
@@ -65,6 +69,7 @@ def main():
     ap.add_argument("--cache", choices=["warm", "cold"], default="warm")
     ap.add_argument("--mlx-lm-max-gb", type=float, default=2.0, help="run mlx_lm.convert only up to this size")
     ap.add_argument("--modes", default="int4,mxfp4,nvfp4,mxfp8")
+    ap.add_argument("--mlx-lm-modes", default="int4,mxfp4,nvfp4,mxfp8", help="modes to run mlx_lm.convert for")
     ap.add_argument("--markdown", type=Path, help="also write the table as markdown to this file")
     args = ap.parse_args()
 
@@ -111,12 +116,13 @@ def main():
                 continue
             out = args.work / f"out-{name}"
             mlx_t = None
-            if size <= args.mlx_lm_max_gb and mlx_lm.exists():
+            if size <= args.mlx_lm_max_gb and mlx_lm.exists() and name in args.mlx_lm_modes.split(","):
                 shutil.rmtree(out, ignore_errors=True)
                 prepare(model, args.cache)
                 mlx_t, mlx_rss = run_timed([mlx_lm, "--hf-path", model, "--mlx-path", out, *theirs])
                 shutil.rmtree(out, ignore_errors=True)
-                rows.append((size, f"mlx_lm.convert {name}", mlx_t, gb / mlx_t, mlx_rss, None, None))
+                if mlx_t is not None:
+                    rows.append((size, f"mlx_lm.convert {name}", mlx_t, gb / mlx_t, mlx_rss, None, None))
             prepare(model, args.cache)
             t, rss = run_timed([stquant, "convert", model, "-o", out, "--force", "--quiet", *ours])
             shutil.rmtree(out, ignore_errors=True)
