@@ -10,9 +10,9 @@
 #include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
-#include "model/arch.h"
 #include "model/plan_internal.h"
 #include "output/ollama_layout.h"
+#include "output/mlx_files.h"
 #include "output/output_dir.h"
 #include "output/planned_rows.h"
 #include "output/prequant_write.h"
@@ -88,10 +88,6 @@ int AssignShards(std::vector<OutputTensor>& tensors, uint64_t limit) {
   return shard + 1;
 }
 
-std::string ShardName(int index, int count) {
-  if (count == 1) return "model.safetensors";
-  return fmt::format("model-{:05d}-of-{:05d}.safetensors", index + 1, count);
-}
 
 nlohmann::json QuantParams(const QuantSpec& spec, bool with_mode) {
   nlohmann::json params = {{"group_size", spec.group_size}, {"bits", spec.bits}};
@@ -100,20 +96,7 @@ nlohmann::json QuantParams(const QuantSpec& spec, bool with_mode) {
 }
 
 Result<std::string> OutputConfig(const Inventory& inv, const ConversionPlan& plan) {
-  std::optional<nlohmann::json> generation;
-  if (std::find(plan.copied_files.begin(), plan.copied_files.end(), "generation_config.json") != plan.copied_files.end()) {
-    // A malformed generation_config.json is ignored, as mlx-lm does.
-    std::FILE* f = std::fopen((inv.path() + "/generation_config.json").c_str(), "rb");
-    if (f) {
-      std::string text;
-      char buffer[4096];
-      size_t n;
-      while ((n = std::fread(buffer, 1, sizeof buffer, f)) > 0) text.append(buffer, n);
-      std::fclose(f);
-      generation = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
-    }
-  }
-  nlohmann::json config = model::NormalizeConfigForMlxLm(inv.config(), generation ? &*generation : nullptr);
+  nlohmann::json config = output::MlxConfigBase(inv, plan.copied_files);
   // The source's FP8 block quantization is decoded away.
   if (plan.source_kind == "block-fp8") config.erase("quantization_config");
   if (plan.default_quant) {
@@ -160,7 +143,7 @@ Result<ConvertSummary> Convert(const ConvertOptions& options,
       if (t.shard == s) decls.push_back(t.decl);
     }
     STQ_ASSIGN_OR_RETURN(std::unique_ptr<Writer> writer,
-                         Writer::Create(dir.PathOf(ShardName(s, shard_count)), std::move(decls),
+                         Writer::Create(dir.PathOf(output::MlxShardName(s, shard_count)), std::move(decls),
                                         std::map<std::string, std::string>{{"format", "mlx"}}));
     writers.push_back(std::move(writer));
   }
@@ -215,7 +198,7 @@ Result<ConvertSummary> Convert(const ConvertOptions& options,
   nlohmann::json index;
   index["metadata"] = {{"total_size", plan.output_bytes}, {"total_parameters", plan.parameters}};
   index["weight_map"] = nlohmann::json::object();
-  for (const OutputTensor& t : tensors) index["weight_map"][t.decl.name] = ShardName(t.shard, shard_count);
+  for (const OutputTensor& t : tensors) index["weight_map"][t.decl.name] = output::MlxShardName(t.shard, shard_count);
   STQ_RETURN_IF_ERROR(output::WriteFileAtomically(dir.PathOf("model.safetensors.index.json"), index.dump(4) + "\n"));
   STQ_ASSIGN_OR_RETURN(std::string config, OutputConfig(inv, plan));
   STQ_RETURN_IF_ERROR(output::WriteFileAtomically(dir.PathOf("config.json"), config));

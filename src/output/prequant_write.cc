@@ -12,11 +12,11 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "model/arch.h"
 #include "numeric/bf16.h"
 #include "numeric/e8m0.h"
 #include "numeric/fp4.h"
 #include "numeric/fp8.h"
+#include "output/mlx_files.h"
 #include "output/output_dir.h"
 #include "quant/element.h"
 #include "safetensors/format.h"
@@ -418,10 +418,6 @@ struct OutTensor {
   std::string role;  // requantize: "weight", "scales", "biases", "float"
 };
 
-std::string ShardName(int index, int count) {
-  if (count == 1) return "model.safetensors";
-  return fmt::format("model-{:05d}-of-{:05d}.safetensors", index + 1, count);
-}
 
 uint64_t Bytes(DType d, const std::vector<int64_t>& shape) {
   uint64_t n = 1;
@@ -529,7 +525,7 @@ Result<ConvertSummary> ConvertPrequantMlx(const ConvertOptions& options, const m
       if (o.shard == s) decls.push_back({o.name, o.dtype, o.shape});
     }
     STQ_ASSIGN_OR_RETURN(std::unique_ptr<safetensors::Writer> writer,
-                         safetensors::Writer::Create(dir.PathOf(ShardName(s, shard_count)), std::move(decls),
+                         safetensors::Writer::Create(dir.PathOf(MlxShardName(s, shard_count)), std::move(decls),
                                                      std::map<std::string, std::string>{{"format", "mlx"}}));
     writers.push_back(std::move(writer));
   }
@@ -573,22 +569,11 @@ Result<ConvertSummary> ConvertPrequantMlx(const ConvertOptions& options, const m
   nlohmann::json index;
   index["metadata"] = {{"total_size", output_bytes}, {"total_parameters", parameters}};
   index["weight_map"] = nlohmann::json::object();
-  for (const OutTensor& o : outs) index["weight_map"][o.name] = ShardName(o.shard, shard_count);
+  for (const OutTensor& o : outs) index["weight_map"][o.name] = MlxShardName(o.shard, shard_count);
   STQ_RETURN_IF_ERROR(WriteFileAtomically(dir.PathOf("model.safetensors.index.json"), index.dump(4) + "\n"));
 
   // config.json: mlx-lm's normalization; the quantization block of the plan (or the requested type).
-  std::optional<nlohmann::json> generation;
-  if (std::find(plan.copied_files.begin(), plan.copied_files.end(), "generation_config.json") != plan.copied_files.end()) {
-    if (std::FILE* f = std::fopen((inv.path() + "/generation_config.json").c_str(), "rb")) {
-      std::string text;
-      char buffer[4096];
-      size_t n;
-      while ((n = std::fread(buffer, 1, sizeof buffer, f)) > 0) text.append(buffer, n);
-      std::fclose(f);
-      generation = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
-    }
-  }
-  nlohmann::json config = model::NormalizeConfigForMlxLm(inv.config(), generation ? &*generation : nullptr);
+  nlohmann::json config = MlxConfigBase(inv, plan.copied_files);
   if (requantize || !pq.keep_config) {
     for (nlohmann::json* root : {&config, config.contains("text_config") ? &config["text_config"] : nullptr}) {
       if (root == nullptr || !root->is_object()) continue;
