@@ -40,13 +40,7 @@ HWY_INLINE void MinMaxStep(const void* base, int64_t i, VF& lo, VF& hi, VU& bad)
   } else {
     const VU raw = LoadRaw16(base, i);
     VF even, odd;
-    if constexpr (kT == DType::kBF16) {
-      even = hn::BitCast(df, hn::ShiftLeft<16>(raw));
-      odd = hn::BitCast(df, hn::And(raw, hn::Set(du, 0xFFFF0000u)));
-    } else {
-      even = F16BitsToFloat(hn::And(raw, hn::Set(du, 0xFFFFu)));
-      odd = F16BitsToFloat(hn::ShiftRight<16>(raw));
-    }
+    SplitEvenOdd16<kT>(raw, even, odd);
     lo = hn::Min(lo, hn::Min(even, odd));
     hi = hn::Max(hi, hn::Max(even, odd));
     bad = MaxMagnitude16(bad, raw);

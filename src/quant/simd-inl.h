@@ -88,22 +88,28 @@ HWY_INLINE bool AnyHalfAtLeast(VU acc, uint32_t limit) {
   return !hn::AllFalse(di, hn::Gt(top, hn::Set(di, static_cast<int32_t>(limit) - 1)));
 }
 
+// Pairs of 16-bit kT elements (bf16 or f16) held in u32 lanes, as float32: the even element is
+// the low half of each lane, the odd element the high half.
+template <DType kT>
+HWY_INLINE void SplitEvenOdd16(VU raw, VF& even, VF& odd) {
+  const DF df;
+  const DU du;
+  if constexpr (kT == DType::kBF16) {
+    even = hn::BitCast(df, hn::ShiftLeft<16>(raw));
+    odd = hn::BitCast(df, hn::And(raw, hn::Set(du, 0xFFFF0000u)));
+  } else {
+    even = F16BitsToFloat(hn::And(raw, hn::Set(du, 0xFFFFu)));
+    odd = F16BitsToFloat(hn::ShiftRight<16>(raw));
+  }
+}
+
 // Elements i .. i+2N-1 of an array of kT as float32: even and odd elements.
 template <DType kT>
 HWY_INLINE void LoadEvenOdd(const void* base, int64_t i, VF& even, VF& odd) {
-  const DF df;
-  const DU du;
   if constexpr (kT == DType::kF32) {
-    hn::LoadInterleaved2(df, static_cast<const float*>(base) + i, even, odd);
+    hn::LoadInterleaved2(DF(), static_cast<const float*>(base) + i, even, odd);
   } else {
-    const VU raw = LoadRaw16(base, i);
-    if constexpr (kT == DType::kBF16) {
-      even = hn::BitCast(df, hn::ShiftLeft<16>(raw));
-      odd = hn::BitCast(df, hn::And(raw, hn::Set(du, 0xFFFF0000u)));
-    } else {
-      even = F16BitsToFloat(hn::And(raw, hn::Set(du, 0xFFFFu)));
-      odd = F16BitsToFloat(hn::ShiftRight<16>(raw));
-    }
+    SplitEvenOdd16<kT>(LoadRaw16(base, i), even, odd);
   }
 }
 
