@@ -155,6 +155,9 @@ class Writer {
   // Appends to the tensor's data after what this call wrote before (sequential streaming); the
   // append cursor starts at 0 and is independent of WriteTensorData.
   Status AppendTensorData(size_t index, std::span<const uint8_t> bytes);
+  // Starts the write-back of the data written so far without waiting for it, so that Commit's
+  // fsync has less left to wait for. Thread-safe; advisory (I/O errors surface at Commit).
+  void StartWriteback();
 
   // Checks that every byte of every tensor was written (InvalidArgument naming the first
   // incomplete tensor otherwise; the temp file stays until destruction), then fsyncs, renames onto

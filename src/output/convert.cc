@@ -168,6 +168,8 @@ Result<ConvertSummary> Convert(const ConvertOptions& options,
   };
   constexpr size_t kPrefetchAhead = 2;
   for (size_t i = 0; i < kPrefetchAhead; ++i) prefetch(i);
+  constexpr uint64_t kWritebackBytes = 64ull << 20;
+  uint64_t unsynced_bytes = 0;
   for (size_t i = 0; i < plan.tensors.size(); ++i) {
     const PlannedTensor& t = plan.tensors[i];
     prefetch(i + kPrefetchAhead);
@@ -183,7 +185,7 @@ Result<ConvertSummary> Convert(const ConvertOptions& options,
       if (progress) progress(state);
     };
     if (!t.quant) {
-      STQ_RETURN_IF_ERROR(output::CopyRows(rows, target(t.name), on_block));
+      STQ_RETURN_IF_ERROR(output::CopyRows(rows, target(t.name), options.threads, on_block));
     } else {
       const std::string base = ModulePath(t.name);
       output::QuantizedTargets targets{target(t.name), target(base + ".scales"), std::nullopt};
@@ -192,6 +194,12 @@ Result<ConvertSummary> Convert(const ConvertOptions& options,
     }
     ++state.tensors_done;
     if (progress) progress(state);
+    // Writing back while later tensors are quantized leaves Commit's fsyncs little to wait for.
+    unsynced_bytes += t.output_bytes;
+    if (unsynced_bytes >= kWritebackBytes) {
+      for (auto& writer : writers) writer->StartWriteback();
+      unsynced_bytes = 0;
+    }
   }
   for (auto& writer : writers) STQ_RETURN_IF_ERROR(writer->Commit());
 

@@ -102,7 +102,7 @@ Result<OllamaLayer> WriteTensorBlob(OllamaStore& store, const model::Inventory& 
     };
     Status status;
     if (!t->quant) {
-      status = CopyRows(rows, target(name), on_block);
+      status = CopyRows(rows, target(name), options.threads, on_block);
     } else {
       float global_scale = 0.0f;
       if (t->quant->global_scale) {

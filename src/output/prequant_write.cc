@@ -553,7 +553,7 @@ Result<ConvertSummary> ConvertPrequantMlx(const ConvertOptions& options, const m
       if (o.quant) shape.back() = shape.back() * 32 / o.quant->bits;
       const RowSource rows = PrequantLayerRows(inv, *o.layer, by_layer[o.layer->path], shape, float_dtype, pq.kind);
       if (!o.quant) {
-        STQ_RETURN_IF_ERROR(CopyRows(rows, target(o.name), on_bytes));
+        STQ_RETURN_IF_ERROR(CopyRows(rows, target(o.name), options.threads, on_bytes));
       } else {
         QuantizedTargets targets{target(o.name), target(o.layer->path + ".scales"), std::nullopt};
         if (ModeInfo(o.quant->mode).has_biases) targets.biases = target(o.layer->path + ".biases");

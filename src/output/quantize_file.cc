@@ -163,7 +163,7 @@ Status QuantizeFile(const std::string& input_path, const std::string& output_pat
   for (const TensorJob& job : jobs) {
     const TensorInfo& info = *job.source;
     if (!job.quantize) {
-      STQ_RETURN_IF_ERROR(output::CopyRows(output::ReaderRows(*reader, info), target(info.name)));
+      STQ_RETURN_IF_ERROR(output::CopyRows(output::ReaderRows(*reader, info), target(info.name), options.threads));
       continue;
     }
     float global_scale = 0.0f;
@@ -382,7 +382,7 @@ Status DequantizeFile(const std::string& input_path, const std::string& output_p
   }
   for (const TensorInfo& info : reader->tensors()) {
     if (consumed.count(info.name)) continue;
-    STQ_RETURN_IF_ERROR(output::CopyRows(output::ReaderRows(*reader, info), {writer.get(), *writer->IndexOf(info.name)}));
+    STQ_RETURN_IF_ERROR(output::CopyRows(output::ReaderRows(*reader, info), {writer.get(), *writer->IndexOf(info.name)}, options.threads));
   }
   return writer->Commit();
 }

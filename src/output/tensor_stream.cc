@@ -2,9 +2,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <mutex>
 #include <vector>
 
 #include <fmt/format.h>
+
+#include "quant/kernels.h"
+#include "util/thread_pool.h"
 
 namespace stquant::output {
 
@@ -51,20 +55,63 @@ Status ForEachBlock(const RowSource& source, int64_t block_rows,
   return Status::Ok();
 }
 
+// Units of work of about kTaskBytes of input, each read, transformed and written by one thread:
+// its input and output stay in that core's L2 cache from the read to the write, and reading,
+// computing and writing run on every core at once instead of one stage after the other.
+constexpr int64_t kTaskBytes = 256 << 10;
+
+struct RowBlock {
+  int64_t first = 0;
+  int64_t count = 0;
+};
+
+std::vector<RowBlock> TaskBlocks(const RowSource& source, int64_t row_bytes) {
+  const int64_t block_rows = std::max<int64_t>(1, kTaskBytes / std::max<int64_t>(row_bytes, 1));
+  std::vector<RowBlock> blocks;
+  (void)ForEachBlock(source, block_rows, [&](int64_t first, int64_t count) {
+    blocks.push_back({first, count});
+    return Status::Ok();
+  });
+  return blocks;
+}
+
+// Per-thread buffers kept across tasks and tensors: fresh ones would be page-faulted in (and
+// zeroed) again for every tensor.
+uint8_t* ScratchBuffer(int slot, size_t bytes) {
+  thread_local std::vector<uint8_t> buffers[4];
+  std::vector<uint8_t>& buffer = buffers[slot];
+  if (buffer.size() < bytes) buffer.resize(bytes);
+  return buffer.data();
+}
+
+// Runs fn over the blocks on up to `threads` threads; `progress` (optional) is called with each
+// block's input bytes, one call at a time.
+Status ForEachTask(const RowSource& source, int64_t row_bytes, int threads,
+                   const std::function<void(uint64_t)>& progress,
+                   const std::function<Status(const RowBlock&)>& fn) {
+  const std::vector<RowBlock> blocks = TaskBlocks(source, row_bytes);
+  std::mutex progress_mutex;
+  return util::ParallelFor(static_cast<int64_t>(blocks.size()), threads, [&](int64_t i) -> Status {
+    STQ_RETURN_IF_ERROR(fn(blocks[i]));
+    if (progress) {
+      std::lock_guard<std::mutex> lock(progress_mutex);
+      progress(static_cast<uint64_t>(blocks[i].count * row_bytes));
+    }
+    return Status::Ok();
+  });
+}
+
 }  // namespace
 
-Status CopyRows(const RowSource& source, const WriteTarget& target, const std::function<void(uint64_t)>& progress) {
+Status CopyRows(const RowSource& source, const WriteTarget& target, int threads,
+                const std::function<void(uint64_t)>& progress) {
   // A zero-size tensor may declare any last dimension: allocate nothing for it.
   if (source.rows == 0) return Status::Ok();
   const int64_t row_bytes = source.cols * DTypeBits(source.dtype) / 8;
-  const int64_t block_rows = std::max<int64_t>(1, std::min<int64_t>(source.rows, RowsPerBlock(row_bytes)));
-  std::vector<uint8_t> buffer(block_rows * row_bytes);
-  return ForEachBlock(source, block_rows, [&](int64_t first, int64_t count) -> Status {
-    std::span<uint8_t> piece(buffer.data(), count * row_bytes);
-    STQ_RETURN_IF_ERROR(source.read(first, count, piece.data()));
-    STQ_RETURN_IF_ERROR(target.Write(first * row_bytes, piece));
-    if (progress) progress(piece.size());
-    return Status::Ok();
+  return ForEachTask(source, row_bytes, threads, progress, [&](const RowBlock& block) -> Status {
+    std::span<uint8_t> piece(ScratchBuffer(0, block.count * row_bytes), block.count * row_bytes);
+    STQ_RETURN_IF_ERROR(source.read(block.first, block.count, piece.data()));
+    return target.Write(block.first * row_bytes, piece);
   });
 }
 
@@ -91,34 +138,27 @@ Status QuantizeRowSource(const RowSource& source, const QuantSpec& spec, float g
   if (source.rows == 0) return Status::Ok();
   const int64_t cols = source.cols;
   const int64_t row_bytes = cols * ElementBytes(source.dtype);
-  const int64_t words_per_row = PackedWordsPerRow(spec, cols);
-  const int64_t groups_per_row = GroupsPerRow(spec, cols);
-  const int scale_bytes = ElementBytes(ScaleDType(spec, source.dtype));
-  const int64_t block_rows = std::max<int64_t>(1, std::min(source.rows, RowsPerBlock(row_bytes)));
-
-  std::vector<uint8_t> input(block_rows * row_bytes);
-  std::vector<uint32_t> packed(block_rows * words_per_row);
-  std::vector<uint8_t> scales(block_rows * groups_per_row * scale_bytes);
-  std::vector<uint8_t> biases(targets.biases ? scales.size() : 0);
-  return ForEachBlock(source, block_rows, [&](int64_t first, int64_t count) -> Status {
-    STQ_RETURN_IF_ERROR(source.read(first, count, input.data()));
-    Status status = QuantizeRowsParallel(spec, source.dtype, input.data(), count, cols, global_scale,
-                                         {packed.data(), scales.data(), biases.data()}, threads);
+  const int64_t packed_row_bytes = PackedWordsPerRow(spec, cols) * 4;
+  const int64_t scale_row_bytes = GroupsPerRow(spec, cols) * ElementBytes(ScaleDType(spec, source.dtype));
+  return ForEachTask(source, row_bytes, threads, progress, [&](const RowBlock& block) -> Status {
+    uint8_t* input = ScratchBuffer(0, block.count * row_bytes);
+    auto* packed = reinterpret_cast<uint32_t*>(ScratchBuffer(1, block.count * packed_row_bytes));
+    uint8_t* scales = ScratchBuffer(2, block.count * scale_row_bytes);
+    uint8_t* biases = targets.biases ? ScratchBuffer(3, block.count * scale_row_bytes) : nullptr;
+    STQ_RETURN_IF_ERROR(source.read(block.first, block.count, input));
+    Status status = QuantizeRows(spec, source.dtype, input, block.count, cols, global_scale, {packed, scales, biases});
     if (!status.ok()) {
       if (status.code() == StatusCode::kInvalidInput) {
-        // The kernel counts elements from the start of this block.
-        return Status::InvalidInput(fmt::format("{}: row block from row {}: {}", source.name, first, status.message()));
+        // The kernel counts elements from the start of the block: count from the tensor's start.
+        const int64_t bad = quant::FindNonFinite(source.dtype, input, block.count * cols);
+        if (bad >= 0) return quant::NonFiniteError(source.dtype, input, bad, block.first * cols).Annotate(source.name);
       }
       return status.Annotate(source.name);
     }
-    const auto* packed_bytes = reinterpret_cast<const uint8_t*>(packed.data());
-    STQ_RETURN_IF_ERROR(
-        targets.packed.Write(first * words_per_row * 4, {packed_bytes, static_cast<size_t>(count * words_per_row * 4)}));
-    const uint64_t scale_block = count * groups_per_row * scale_bytes;
-    const uint64_t scale_offset = first * groups_per_row * scale_bytes;
-    STQ_RETURN_IF_ERROR(targets.scales.Write(scale_offset, {scales.data(), scale_block}));
-    if (targets.biases) STQ_RETURN_IF_ERROR(targets.biases->Write(scale_offset, {biases.data(), scale_block}));
-    if (progress) progress(count * row_bytes);
+    const uint64_t packed_bytes = block.count * packed_row_bytes, scale_bytes = block.count * scale_row_bytes;
+    STQ_RETURN_IF_ERROR(targets.packed.Write(block.first * packed_row_bytes, {reinterpret_cast<uint8_t*>(packed), packed_bytes}));
+    STQ_RETURN_IF_ERROR(targets.scales.Write(block.first * scale_row_bytes, {scales, scale_bytes}));
+    if (targets.biases) STQ_RETURN_IF_ERROR(targets.biases->Write(block.first * scale_row_bytes, {biases, scale_bytes}));
     return Status::Ok();
   });
 }

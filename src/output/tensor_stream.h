@@ -1,5 +1,6 @@
-// Moving one tensor into a Writer in bounded row blocks: copy, quantize, dequantize. Memory per
-// call is about kBlockBytes of input plus its output, whatever the tensor size.
+// Moving one tensor into a Writer in bounded row blocks: copy, quantize, dequantize. Memory is
+// about kBlockBytes of input plus its output per call (copy and quantize: a quarter MiB per thread),
+// whatever the tensor size. RowSource::read must be safe to call from several threads at once.
 #pragma once
 
 #include <cstddef>
@@ -49,16 +50,17 @@ struct QuantizedTargets {
   std::optional<WriteTarget> biases;  // affine
 };
 
-// Writes the rows unchanged into `target`. `progress` (optional) gets the input bytes of each
-// block.
-Status CopyRows(const RowSource& source, const WriteTarget& target,
+// Writes the rows unchanged into `target`, on up to `threads` threads (0 = all cores).
+// `progress` (optional) gets the input bytes of each block, one call at a time.
+Status CopyRows(const RowSource& source, const WriteTarget& target, int threads,
                 const std::function<void(uint64_t)>& progress = nullptr);
 
 // float32(max |x|) over all rows (the nvfp4 global scale); InvalidInput when NaN/Inf is present.
 Result<float> RowsAbsMax(const RowSource& source);
 
-// Quantizes the rows (BF16/F16/F32, cols divisible by the group size). NaN/Inf inputs are
-// refused naming the tensor and the element index.
+// Quantizes the rows (BF16/F16/F32, cols divisible by the group size) on up to `threads` threads:
+// each thread reads, quantizes and writes its own blocks. NaN/Inf inputs are refused naming the
+// tensor and the element index. `progress` as for CopyRows.
 Status QuantizeRowSource(const RowSource& source, const QuantSpec& spec, float global_scale,
                          const QuantizedTargets& targets, int threads,
                          const std::function<void(uint64_t)>& progress = nullptr);

@@ -43,8 +43,8 @@ int64_t FindNonFinite(DType dtype, const void* input, int64_t count) {
   return -1;
 }
 
-Status NonFiniteError(DType dtype, const void* input, int64_t index) {
-  return Status::InvalidInput(fmt::format("element {} is {} (NaN/Inf cannot be quantized)", index,
+Status NonFiniteError(DType dtype, const void* input, int64_t index, int64_t index_base) {
+  return Status::InvalidInput(fmt::format("element {} is {} (NaN/Inf cannot be quantized)", index_base + index,
                                           LoadElement(dtype, input, index)));
 }
 

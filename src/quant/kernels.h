@@ -31,6 +31,8 @@ void ForEachSupportedTarget(const std::function<void(const char* target_name)>& 
 
 // Index of the first non-finite element among `count`, or -1.
 int64_t FindNonFinite(DType dtype, const void* input, int64_t count);
-Status NonFiniteError(DType dtype, const void* input, int64_t index);
+// "element N is V ...": V is element `index` of `input`, N is index_base + index (the position in
+// the whole tensor when `input` is a block of it).
+Status NonFiniteError(DType dtype, const void* input, int64_t index, int64_t index_base = 0);
 
 }  // namespace stquant::quant

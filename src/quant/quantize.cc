@@ -159,7 +159,7 @@ Status QuantizeRowsParallel(const QuantSpec& spec, DType dtype, const void* inpu
     if (!status.ok() && status.code() == StatusCode::kInvalidInput) {
       // Re-base the element index on the whole input.
       const int64_t bad = quant::FindNonFinite(dtype, part_input, count * cols);
-      if (bad >= 0) return quant::NonFiniteError(dtype, input, first * cols + bad);
+      if (bad >= 0) return quant::NonFiniteError(dtype, part_input, bad, first * cols);
     }
     return status;
   });

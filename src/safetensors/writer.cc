@@ -202,6 +202,8 @@ Status Writer::AppendTensorData(size_t index, std::span<const uint8_t> bytes) {
   return WriteTensorData(index, offset, bytes);
 }
 
+void Writer::StartWriteback() { util::StartWriteback(state_->file.fd()); }
+
 Status Writer::Commit() {
   {
     std::lock_guard<std::mutex> lock(state_->mu);

@@ -132,6 +132,15 @@ Status Fsync(int fd, std::string_view path) {
   return Status::Ok();
 }
 
+void StartWriteback(int fd) {
+#if defined(__linux__)
+  // The result is ignored on purpose: any write-back error is reported by the fsync at commit.
+  (void)::sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+#else
+  (void)fd;
+#endif
+}
+
 std::string ParentDirectory(const std::string& path) {
   const size_t slash = path.rfind('/');
   if (slash == std::string::npos) return ".";

@@ -57,6 +57,10 @@ Status PwriteFull(int fd, std::span<const uint8_t> src, uint64_t offset, std::st
 // fsync, retried on EINTR.
 Status Fsync(int fd, std::string_view path);
 
+// Asks the kernel to start writing the file's dirty pages back now, without waiting (Linux
+// sync_file_range; a no-op elsewhere). Advisory: errors surface at the final Fsync instead.
+void StartWriteback(int fd);
+
 // Opens the directory that contains `path` and fsyncs it, so that a rename or a new file in it is
 // durable. Filesystems that cannot sync a directory (EINVAL) are tolerated.
 Status SyncParentDirectory(const std::string& path);
