@@ -131,9 +131,14 @@ class Writer {
   // "__metadata__" only when `metadata` is given, padded with spaces to a multiple of 8 bytes.
   // Data offsets follow the order of `tensors` (the caller chooses it; same input -> same bytes).
   // Tensor names must be unique and non-empty, and not "__metadata__".
+  //
+  // With CacheUse::kBypass, a large file is written around the page cache (O_DIRECT, where the
+  // file system allows it): faster, and it leaves fsync nothing to wait for. kKeep is for a file
+  // read back right after Commit (hashed), which is then still in memory.
+  enum class CacheUse { kBypass, kKeep };
   static Result<std::unique_ptr<Writer>> Create(
       const std::string& path, std::vector<TensorDecl> tensors,
-      std::optional<std::map<std::string, std::string>> metadata = std::nullopt);
+      std::optional<std::map<std::string, std::string>> metadata = std::nullopt, CacheUse cache = CacheUse::kBypass);
 
   ~Writer();  // removes the temp file unless Commit() succeeded
   Writer(const Writer&) = delete;
@@ -172,6 +177,8 @@ class Writer {
   uint64_t data_offset_ = 0;  // 8 + padded header length
   uint64_t data_bytes_ = 0;
   std::vector<TensorInfo> tensors_;
+  Status WriteFileBytes(uint64_t offset, std::span<const uint8_t> bytes);
+
   std::unique_ptr<WriterState> state_;  // the temp file, written ranges, name index (writer.cc)
 };
 

@@ -86,7 +86,7 @@ Result<OllamaLayer> WriteTensorBlob(OllamaStore& store, const model::Inventory& 
   const std::string blob_name = prefix + members.front()->blob;
   const std::string temp = store.NewTempPath();
   STQ_ASSIGN_OR_RETURN(std::unique_ptr<Writer> writer,
-                       Writer::Create(temp, std::move(decls), metadata));
+                       Writer::Create(temp, std::move(decls), metadata, Writer::CacheUse::kKeep));  // hashed next
   auto target = [&](const std::string& name) { return WriteTarget{writer.get(), *writer->IndexOf(name)}; };
   for (const PlannedTensor* t : members) {
     const std::string name = prefix + t->name;

@@ -11,12 +11,16 @@
 
 #include "safetensors/format.h"
 #include "stquant/safetensors.h"
+#include "util/direct_writer.h"
 #include "util/file.h"
 
 namespace stquant::safetensors {
 
 struct WriterState {
   util::AtomicFile file;
+  // Large files bypass the page cache (see util/direct_writer.h); declared after `file` so that
+  // it is destroyed first, its writes in flight done before the temp file is closed.
+  std::unique_ptr<util::DirectWriter> direct;
   std::unordered_map<std::string_view, size_t> by_name;  // views into Writer::tensors_ names
 
   std::mutex mu;  // guards everything below
@@ -86,7 +90,8 @@ Result<std::string> HeaderText(const std::vector<TensorInfo>& tensors,
 }  // namespace
 
 Result<std::unique_ptr<Writer>> Writer::Create(const std::string& path, std::vector<TensorDecl> tensors,
-                                               std::optional<std::map<std::string, std::string>> metadata) {
+                                               std::optional<std::map<std::string, std::string>> metadata,
+                                               CacheUse cache) {
   STQ_RETURN_IF_ERROR(CheckDecls(path, tensors, metadata));
   std::unique_ptr<Writer> writer(new Writer());
   writer->path_ = path;
@@ -129,8 +134,10 @@ Result<std::unique_ptr<Writer>> Writer::Create(const std::string& path, std::vec
   prefix += text;
 
   STQ_ASSIGN_OR_RETURN(state.file, util::AtomicFile::Create(path));
-  STQ_RETURN_IF_ERROR(util::PwriteFull(
-      state.file.fd(), {reinterpret_cast<const uint8_t*>(prefix.data()), prefix.size()}, 0, state.file.temp_path()));
+  if (cache == CacheUse::kBypass) {
+    state.direct = util::DirectWriter::Open(state.file.temp_path(), state.file.fd(), writer->file_size());
+  }
+  STQ_RETURN_IF_ERROR(writer->WriteFileBytes(0, {reinterpret_cast<const uint8_t*>(prefix.data()), prefix.size()}));
   return writer;
 }
 
@@ -178,8 +185,7 @@ Status Writer::WriteTensorData(size_t index, uint64_t offset, std::span<const ui
       ranges.emplace(begin, merged_end);
     }
   }
-  Status status = util::PwriteFull(state_->file.fd(), bytes, data_offset_ + tensor.begin + offset,
-                                   state_->file.temp_path());
+  Status status = WriteFileBytes(data_offset_ + tensor.begin + offset, bytes);
   if (!status.ok()) {
     std::lock_guard<std::mutex> lock(state_->mu);
     if (state_->failure.ok()) state_->failure = status;
@@ -202,6 +208,11 @@ Status Writer::AppendTensorData(size_t index, std::span<const uint8_t> bytes) {
   return WriteTensorData(index, offset, bytes);
 }
 
+Status Writer::WriteFileBytes(uint64_t offset, std::span<const uint8_t> bytes) {
+  if (state_->direct) return state_->direct->Write(offset, bytes);
+  return util::PwriteFull(state_->file.fd(), bytes, offset, state_->file.temp_path());
+}
+
 void Writer::StartWriteback() { util::StartWriteback(state_->file.fd()); }
 
 Status Writer::Commit() {
@@ -219,7 +230,8 @@ Status Writer::Commit() {
     }
     committed_ = true;  // no write may start now, whatever Commit's outcome
   }
-  Status status = state_->file.Commit();
+  Status status = state_->direct ? state_->direct->Finish() : Status::Ok();
+  if (status.ok()) status = state_->file.Commit();
   if (!status.ok()) {
     std::lock_guard<std::mutex> lock(state_->mu);
     state_->failure = status;

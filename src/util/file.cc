@@ -12,6 +12,8 @@
 #include <cstdio>
 #include <utility>
 
+#include <fmt/format.h>
+
 namespace stquant::util {
 
 namespace {
@@ -120,6 +122,20 @@ Status PwriteFull(int fd, std::span<const uint8_t> src, uint64_t offset, std::st
       return Status::FromErrno("write", path, errno);
     }
     done += static_cast<size_t>(n);
+  }
+  return Status::Ok();
+}
+
+Status PwriteWhole(int fd, std::span<const uint8_t> src, uint64_t offset, std::string_view path) {
+  if (FaultAllowance(src.size()) < src.size()) return Status::FromErrno("write", path, Fault().err.load());
+  ssize_t n;
+  do {
+    n = ::pwrite(fd, src.data(), src.size(), static_cast<off_t>(offset));
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) return Status::FromErrno("write", path, errno);
+  if (static_cast<size_t>(n) != src.size()) {
+    return Status::IoError(fmt::format("write '{}': {} of {} bytes written at offset {} (disk full?)", path, n,
+                                       src.size(), offset));
   }
   return Status::Ok();
 }

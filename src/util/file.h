@@ -54,6 +54,11 @@ Status PreadFull(int fd, std::span<uint8_t> dst, uint64_t offset, std::string_vi
 // injected by SetWriteFaultForTesting.
 Status PwriteFull(int fd, std::span<const uint8_t> src, uint64_t offset, std::string_view path);
 
+// One pwrite of all of `src` at `offset`, for O_DIRECT descriptors (where the rest of a short
+// write could not be aligned): a short write is an IoError. An injected fault (see
+// SetWriteFaultForTesting) fails it before anything is written.
+Status PwriteWhole(int fd, std::span<const uint8_t> src, uint64_t offset, std::string_view path);
+
 // fsync, retried on EINTR.
 Status Fsync(int fd, std::string_view path);
 

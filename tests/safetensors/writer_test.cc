@@ -1,6 +1,10 @@
 // Writer: header format, round trips through the Reader, determinism, completeness tracking and
 // failure cleanup (injected ENOSPC/EIO).
+#include <algorithm>
+#include <atomic>
 #include <cerrno>
+#include <numeric>
+#include <random>
 #include <cstring>
 #include <string>
 #include <thread>
@@ -180,6 +184,60 @@ TEST_F(WriterTest, ParallelDisjointWrites) {
   auto view = (*reader)->View((*reader)->tensors()[0]);
   ASSERT_THAT(view, IsOk());
   EXPECT_TRUE(std::equal(view->begin(), view->end(), data.begin(), data.end()));
+}
+
+// Files of DirectWriter::kMinFileBytes and more bypass the page cache: the same bytes must come
+// out whatever the write order, and a failure must leave nothing behind.
+TEST_F(WriterTest, LargeFileInShuffledPiecesFromTwoThreads) {
+  constexpr uint64_t kRows = 1300, kRowBytes = 16 << 10;  // ~20 MiB, not a multiple of 4 KiB in all
+  const std::vector<TensorDecl> decls = {{"big", DType::kU8, {kRows, kRowBytes}}, {"odd", DType::kU8, {1234567}}};
+  auto writer = Writer::Create(path(), decls, Metadata{{"format", "mlx"}});
+  ASSERT_THAT(writer, IsOk());
+  const std::vector<uint8_t> big = Pattern(kRows * kRowBytes, 1), odd = Pattern(1234567, 2);
+  std::vector<uint64_t> rows(kRows);
+  std::iota(rows.begin(), rows.end(), 0);
+  std::shuffle(rows.begin(), rows.end(), std::mt19937(3));
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 2; ++t) {
+    threads.emplace_back([&, t] {
+      for (size_t i = t; i < rows.size(); i += 2) {
+        const uint64_t r = rows[i];
+        if (!(*writer)->WriteTensorData(0, r * kRowBytes, std::span(big).subspan(r * kRowBytes, kRowBytes)).ok()) ++failures;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  ASSERT_EQ(failures.load(), 0);
+  ASSERT_THAT((*writer)->WriteTensorData(1, 0, odd), IsOk());
+  ASSERT_THAT((*writer)->Commit(), IsOk());
+  EXPECT_EQ(ReadBytes(path()).size(), (*writer)->file_size());
+  auto reader = Reader::Open(path());
+  ASSERT_THAT(reader, IsOk());
+  for (size_t i = 0; i < 2; ++i) {
+    auto view = (*reader)->View(*(*reader)->Find(i == 0 ? "big" : "odd"));
+    ASSERT_THAT(view, IsOk());
+    const std::vector<uint8_t>& want = i == 0 ? big : odd;
+    EXPECT_TRUE(std::equal(view->begin(), view->end(), want.begin(), want.end())) << i;
+  }
+}
+
+TEST_F(WriterTest, EnospcInLargeFileLeavesNothingAndKeepsTheOldFile) {
+  WriteBytes(path(), "previous version");
+  {
+    auto writer = Writer::Create(path(), {{"big", DType::kU8, {24 << 20}}});
+    ASSERT_THAT(writer, IsOk());
+    ScopedWriteFault fault(10 << 20, ENOSPC);
+    const std::vector<uint8_t> data = Pattern(24 << 20, 4);
+    Status status;
+    for (uint64_t at = 0; at < data.size() && status.ok(); at += 1 << 20) {
+      status = (*writer)->WriteTensorData(0, at, std::span(data).subspan(at, 1 << 20));
+    }
+    if (status.ok()) status = (*writer)->Commit();
+    EXPECT_THAT(status, StatusIs(StatusCode::kIoError, HasSubstr("No space left on device")));
+  }
+  EXPECT_THAT(dir_.List(), ElementsAre("out.safetensors"));
+  EXPECT_EQ(ReadBytes(path()), "previous version");
 }
 
 TEST_F(WriterTest, ZeroByteTensorsOnly) {
