@@ -132,8 +132,9 @@ struct DirectWriter::State {
   // that an evicted chunk can be written the plain way.
   struct Chunk {
     ChunkBuffer buffer;
-    std::map<uint64_t, uint64_t> ranges;  // [begin, end) within the chunk
-    uint64_t filled = 0;
+    std::map<uint64_t, uint64_t> ranges;  // [begin, end) within the chunk, claimed by writes
+    uint64_t copied = 0;  // bytes whose copy into `buffer` is done
+    int copying = 0;      // copies in progress (outside the lock): not evictable meanwhile
     uint64_t opened = 0;  // sequence number, for evicting the oldest
   };
 
@@ -199,7 +200,6 @@ DirectWriter::~DirectWriter() {
 }
 
 Status DirectWriter::Write(uint64_t offset, std::span<const uint8_t> bytes) {
-  State& s = *state_;
   while (!bytes.empty()) {
     const uint64_t index = offset / kChunkBytes;
     const uint64_t within = offset % kChunkBytes;
@@ -207,86 +207,108 @@ Status DirectWriter::Write(uint64_t offset, std::span<const uint8_t> bytes) {
     const std::span<const uint8_t> piece = bytes.first(n);
     bytes = bytes.subspan(n);
     offset += n;
+    STQ_RETURN_IF_ERROR(WritePiece(index, within, piece));
+  }
+  return Status::Ok();
+}
 
-    std::vector<std::pair<uint64_t, std::span<const uint8_t>>> plain_writes;  // (file offset, bytes)
-    State::Chunk evicted;
-    uint64_t evicted_index = 0;
-    std::optional<ChunkWrite> full;
-    {
-      std::unique_lock<std::mutex> lock(s.mu);
-      STQ_RETURN_IF_ERROR(s.failure);
-      if (s.plain.count(index)) {
-        plain_writes.emplace_back(index * kChunkBytes + within, piece);
-      } else {
-        auto it = s.open.find(index);
-        if (it == s.open.end()) {
-          if (s.open.size() >= kMaxOpenChunks) {
-            // Too many chunks partly written: the oldest goes the plain way from now on.
-            auto oldest = std::min_element(s.open.begin(), s.open.end(), [](const auto& a, const auto& b) {
-              return a.second.opened < b.second.opened;
-            });
+Status DirectWriter::WritePiece(uint64_t index, uint64_t within, std::span<const uint8_t> piece) {
+  State& s = *state_;
+  std::vector<std::pair<uint64_t, std::span<const uint8_t>>> plain_writes;  // (file offset, bytes)
+  State::Chunk evicted;
+  uint64_t evicted_index = 0;
+  uint8_t* destination = nullptr;
+  {
+    std::unique_lock<std::mutex> lock(s.mu);
+    STQ_RETURN_IF_ERROR(s.failure);
+    auto it = s.open.find(index);
+    if (s.plain.count(index)) {
+      plain_writes.emplace_back(index * kChunkBytes + within, piece);
+    } else {
+      if (it == s.open.end()) {
+        if (s.open.size() >= kMaxOpenChunks) {
+          // Too many chunks partly written: the oldest whose copies are done goes the plain way
+          // from now on.
+          auto oldest = s.open.end();
+          for (auto c = s.open.begin(); c != s.open.end(); ++c) {
+            if (c->second.copying == 0 && (oldest == s.open.end() || c->second.opened < oldest->second.opened)) oldest = c;
+          }
+          if (oldest != s.open.end()) {
             evicted_index = oldest->first;
             evicted = std::move(oldest->second);
             s.open.erase(oldest);
             s.plain.insert(evicted_index);
           }
-          lock.unlock();
-          ChunkBuffer buffer = BufferPool::Get().Take();  // may allocate: outside the lock
-          lock.lock();
-          it = s.open.try_emplace(index).first;
-          if (!it->second.buffer) {
-            it->second.buffer = std::move(buffer);
-            it->second.opened = s.sequence++;
-          } else {
-            BufferPool::Get().Give(std::move(buffer));  // another thread opened it meanwhile
-          }
         }
-        State::Chunk& chunk = it->second;
-        // Copy under the lock: the chunk may be completed and sent by another thread otherwise.
-        std::memcpy(chunk.buffer.get() + within, piece.data(), n);
-        auto next = chunk.ranges.upper_bound(within);
-        uint64_t begin = within, end = within + n;
-        if (next != chunk.ranges.end() && next->first == end) {
-          end = next->second;
-          next = chunk.ranges.erase(next);
+        lock.unlock();
+        ChunkBuffer buffer = BufferPool::Get().Take();  // may allocate: outside the lock
+        lock.lock();
+        it = s.open.try_emplace(index).first;
+        if (!it->second.buffer) {
+          it->second.buffer = std::move(buffer);
+          it->second.opened = s.sequence++;
+        } else {
+          BufferPool::Get().Give(std::move(buffer));  // another thread opened it meanwhile
         }
-        if (next != chunk.ranges.begin()) {
-          auto prev = std::prev(next);
-          if (prev->second == begin) {
-            begin = prev->first;
-            chunk.ranges.erase(prev);
-          }
+      }
+      State::Chunk& chunk = it->second;
+      auto next = chunk.ranges.upper_bound(within);
+      uint64_t begin = within, end = within + piece.size();
+      if (next != chunk.ranges.end() && next->first == end) {
+        end = next->second;
+        next = chunk.ranges.erase(next);
+      }
+      if (next != chunk.ranges.begin()) {
+        auto prev = std::prev(next);
+        if (prev->second == begin) {
+          begin = prev->first;
+          chunk.ranges.erase(prev);
         }
-        chunk.ranges.emplace(begin, end);
-        chunk.filled += n;
-        const uint64_t length = s.ChunkLength(index);
-        if (chunk.filled == length) {
-          const uint64_t padded = RoundUp(length, kAlign);
-          std::memset(chunk.buffer.get() + length, 0, padded - length);
-          full = ChunkWrite{&s, std::move(chunk.buffer), index * kChunkBytes, padded};
-          s.open.erase(it);
-          ++s.in_flight;
-        }
+      }
+      chunk.ranges.emplace(begin, end);
+      ++chunk.copying;
+      destination = chunk.buffer.get() + within;
+    }
+  }
+  if (destination != nullptr) {
+    // Copies into one chunk run in parallel; the chunk stays open (its buffer alive) until the
+    // last one is done.
+    std::memcpy(destination, piece.data(), piece.size());
+    std::optional<ChunkWrite> full;
+    {
+      std::lock_guard<std::mutex> lock(s.mu);
+      auto it = s.open.find(index);
+      State::Chunk& chunk = it->second;
+      --chunk.copying;
+      chunk.copied += piece.size();
+      const uint64_t length = s.ChunkLength(index);
+      if (chunk.copied == length) {
+        const uint64_t padded = RoundUp(length, kAlign);
+        std::memset(chunk.buffer.get() + length, 0, padded - length);
+        full = ChunkWrite{&s, std::move(chunk.buffer), index * kChunkBytes, padded};
+        s.open.erase(it);
+        ++s.in_flight;
       }
     }
     if (full) IoThreads::Get().Submit(std::move(*full));
-    if (evicted.buffer) {
-      for (const auto& [begin, end] : evicted.ranges) {
-        plain_writes.emplace_back(evicted_index * kChunkBytes + begin,
-                                  std::span<const uint8_t>(evicted.buffer.get() + begin, end - begin));
-      }
-    }
-    for (const auto& [at, data] : plain_writes) {
-      Status status = PwriteFull(s.buffered_fd, data, at, s.path);
-      if (!status.ok()) {
-        std::lock_guard<std::mutex> lock(s.mu);
-        if (s.failure.ok()) s.failure = status;
-        return status;
-      }
-    }
-    if (evicted.buffer) BufferPool::Get().Give(std::move(evicted.buffer));
   }
-  return Status::Ok();
+  if (evicted.buffer) {
+    for (const auto& [begin, end] : evicted.ranges) {
+      plain_writes.emplace_back(evicted_index * kChunkBytes + begin,
+                                std::span<const uint8_t>(evicted.buffer.get() + begin, end - begin));
+    }
+  }
+  Status status;
+  for (const auto& [at, data] : plain_writes) {
+    status = PwriteFull(s.buffered_fd, data, at, s.path);
+    if (!status.ok()) break;
+  }
+  if (evicted.buffer) BufferPool::Get().Give(std::move(evicted.buffer));
+  if (!status.ok()) {
+    std::lock_guard<std::mutex> lock(s.mu);
+    if (s.failure.ok()) s.failure = status;
+  }
+  return status;
 }
 
 Status DirectWriter::Finish() {

@@ -48,6 +48,7 @@ class DirectWriter {
 
  private:
   explicit DirectWriter(std::unique_ptr<State> state);
+  Status WritePiece(uint64_t index, uint64_t within, std::span<const uint8_t> piece);  // one chunk's part
   std::unique_ptr<State> state_;
 };
 
