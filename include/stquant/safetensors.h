@@ -95,8 +95,9 @@ class Reader {
   // someone else after mapping raises SIGBUS on access: map only files that are not being written.
   // A 0-byte tensor gives an empty span without mapping anything.
   Result<std::span<const uint8_t>> View(const TensorInfo& tensor) const;
-  // Sequential-read hint for the byte range of a tensor (posix_fadvise WILLNEED); best effort.
-  void Prefetch(const TensorInfo& tensor) const;
+  // Asks the kernel to read bytes [offset, offset + length) of a tensor into the page cache
+  // (posix_fadvise WILLNEED; clipped to the tensor); best effort, does not wait for the disk.
+  void Prefetch(const TensorInfo& tensor, uint64_t offset, uint64_t length) const;
 
  private:
   Reader() = default;

@@ -16,6 +16,7 @@
 #include "output/output_dir.h"
 #include "output/planned_rows.h"
 #include "output/prequant_write.h"
+#include "output/read_ahead.h"
 #include "output/tensor_stream.h"
 #include "stquant/convert.h"
 
@@ -157,22 +158,18 @@ Result<ConvertSummary> Convert(const ConvertOptions& options,
   ConvertProgress state;
   state.tensors_total = plan.tensors.size();
   state.bytes_total = plan.input_bytes;
-  // Disk read-ahead runs while the CPU quantizes: ask the kernel for the sources a few tensors
-  // ahead (a no-op when they are cached).
-  auto prefetch = [&](size_t i) {
-    if (i >= plan.tensors.size()) return;
-    for (const PlannedSource& s : plan.tensors[i].sources) {
+  std::vector<output::ReadAhead::Range> source_ranges;
+  for (const PlannedTensor& t : plan.tensors) {
+    for (const PlannedSource& s : t.sources) {
       const model::TensorRef* ref = inv.Find(s.tensor);
-      inv.shards()[ref->shard].reader->Prefetch(*ref->info);
+      source_ranges.push_back({inv.shards()[ref->shard].reader.get(), ref->info});
     }
-  };
-  constexpr size_t kPrefetchAhead = 2;
-  for (size_t i = 0; i < kPrefetchAhead; ++i) prefetch(i);
+  }
+  output::ReadAhead read_ahead(std::move(source_ranges));
   constexpr uint64_t kWritebackBytes = 64ull << 20;
   uint64_t unsynced_bytes = 0;
   for (size_t i = 0; i < plan.tensors.size(); ++i) {
     const PlannedTensor& t = plan.tensors[i];
-    prefetch(i + kPrefetchAhead);
     state.current = t.name;
     const output::RowSource rows = output::PlannedRows(inv, t, options.profile);
     // Progress in source bytes: a block of rows of the output dtype stands for its share of the
@@ -182,6 +179,7 @@ Result<ConvertSummary> Convert(const ConvertOptions& options,
     const uint64_t value_bytes = std::max<uint64_t>(1, static_cast<uint64_t>(rows.rows) * rows.cols * DTypeBits(t.dtype) / 8);
     auto on_block = [&](uint64_t bytes) {
       state.bytes_done += bytes * source_bytes / value_bytes;
+      read_ahead.ConsumedUpTo(state.bytes_done);
       if (progress) progress(state);
     };
     if (!t.quant) {

@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 
 #include "safetensors/format.h"
@@ -101,10 +102,11 @@ Result<std::span<const uint8_t>> Reader::View(const TensorInfo& tensor) const {
   return map_->bytes().subspan(data_offset_ + tensor.begin, tensor.nbytes());
 }
 
-void Reader::Prefetch(const TensorInfo& tensor) const {
-  if (!CheckRange(tensor).ok() || tensor.nbytes() == 0) return;
+void Reader::Prefetch(const TensorInfo& tensor, uint64_t offset, uint64_t length) const {
+  if (!CheckRange(tensor).ok() || offset >= tensor.nbytes()) return;
+  length = std::min(length, tensor.nbytes() - offset);
   // Advice only: a failure changes nothing but speed.
-  (void)::posix_fadvise(fd_, static_cast<off_t>(data_offset_ + tensor.begin), static_cast<off_t>(tensor.nbytes()),
+  (void)::posix_fadvise(fd_, static_cast<off_t>(data_offset_ + tensor.begin + offset), static_cast<off_t>(length),
                         POSIX_FADV_WILLNEED);
 }
 
