@@ -354,7 +354,9 @@ Result<SourceLayer> Nvfp4Layer(const Inventory& inv, const std::string& where, c
 }
 
 Status PlanMlx(Builder& b) {
-  STQ_ASSIGN_OR_RETURN(std::vector<MlxQuantizedTensor> layers, FindMlxQuantized(b.inv));
+  Result<std::vector<MlxQuantizedTensor>> found = FindMlxQuantized(b.inv);
+  if (!found.ok()) return found.status().Annotate(b.where);
+  const std::vector<MlxQuantizedTensor>& layers = *found;
   for (const MlxQuantizedTensor& q : layers) {
     STQ_ASSIGN_OR_RETURN(QuantMode mode, ParseQuantMode(q.params.mode));
     b.plan.layers.push_back({q.base, QuantSpec{mode, q.params.bits, q.params.group_size, false, QuantProfile::kMlxCpu}});
