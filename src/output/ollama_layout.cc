@@ -168,11 +168,15 @@ Status WritePrequantBlobs(OllamaStore& store, const model::PlanContext& context,
     if (options.requantize && !blob.layer.empty()) {
       const auto layer = std::find_if(pq.layers.begin(), pq.layers.end(),
                                       [&](const model::PrequantLayer& l) { return l.path == blob.layer; });
+      const auto tensor = planned.find(blob.name);
+      if (layer == pq.layers.end() || tensor == planned.end()) {
+        return Status::Internal(fmt::format("{}: layer '{}' is missing from the plan", inv.path(), blob.layer));
+      }
       auto rows_of = [&](const PlannedTensor& t) {
         return PrequantLayerRows(inv, *layer, tensors, t.shape, t.dtype, pq.kind);
       };
-      STQ_ASSIGN_OR_RETURN(OllamaLayer written, WriteTensorBlob(store, inv, {planned.at(blob.name)}, prefix, rows_of,
-                                                                options, progress, summary));
+      STQ_ASSIGN_OR_RETURN(OllamaLayer written, WriteTensorBlob(store, inv, {tensor->second}, prefix, rows_of, options,
+                                                                progress, summary));
       layers.push_back(std::move(written));
       continue;
     }
