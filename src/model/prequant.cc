@@ -799,7 +799,8 @@ Result<std::vector<OllamaPrequantBlob>> OllamaPrequantBlobs(const PrequantPlan& 
     blob.tensors.push_back(i);
   }
   std::vector<OllamaPrequantBlob> out;
-  for (auto& [name, blob] : blobs) {
+  for (auto& entry : blobs) {
+    OllamaPrequantBlob& blob = entry.second;
     // Weight, scale, bias, global scale: the order of the roles.
     std::stable_sort(blob.tensors.begin(), blob.tensors.end(),
                      [&](size_t a, size_t b) { return plan.tensors[a].role < plan.tensors[b].role; });
