@@ -162,6 +162,15 @@ struct QuantChoice {
 
 namespace model {
 
+uint64_t PlannedOutputBytes(const PlannedTensor& t) {
+  const int64_t elements = Elements(t.shape);
+  if (!t.quant) return elements * DTypeBits(t.dtype) / 8;
+  const int64_t rows = elements / t.shape.back();
+  const int scale_bytes = t.quant->mode == QuantMode::kAffine ? DTypeBits(t.dtype) / 8 : 1;
+  return rows * PackedWordsPerRow(*t.quant, t.shape.back()) * 4 +
+         rows * GroupsPerRow(*t.quant, t.shape.back()) * scale_bytes * (ModeInfo(t.quant->mode).has_biases ? 2 : 1);
+}
+
 Result<PlanContext> BuildPlan(const ConvertOptions& options, bool draft) {
   PlanContext context;
   STQ_ASSIGN_OR_RETURN(Inventory inventory, Inventory::Open(options.source_dir));
@@ -170,11 +179,8 @@ Result<PlanContext> BuildPlan(const ConvertOptions& options, bool draft) {
   ConversionPlan& plan = context.plan;
 
   const Classification kind = Classify(inv);
-  if (kind.kind != SourceKind::kFloat && kind.kind != SourceKind::kBlockFp8) {
-    STQ_RETURN_IF_ERROR(PlanPrequantConversion(options, kind, context));  // model/prequant.h
-    return context;
-  }
-  STQ_RETURN_IF_ERROR(CheckNoUnknownQuantization(inv));
+  const bool prequant = kind.kind != SourceKind::kFloat && kind.kind != SourceKind::kBlockFp8;
+  if (!prequant) STQ_RETURN_IF_ERROR(CheckNoUnknownQuantization(inv));
   plan.source_kind = std::string(SourceKindName(kind.kind));
   const bool ollama_layout = options.layout == OutputLayout::kOllama;
   const bool ollama_policy = options.policy == QuantPolicy::kOllama;
@@ -209,6 +215,10 @@ Result<PlanContext> BuildPlan(const ConvertOptions& options, bool draft) {
     plan.policy = "ollama/" + std::string(ollama->FamilyName());
   } else {
     plan.policy = "mlx-lm";
+  }
+  if (prequant) {
+    STQ_RETURN_IF_ERROR(PlanPrequantConversion(options, kind, ollama ? &*ollama : nullptr, context));  // model/prequant.h
+    return context;
   }
   const ArchRules rules = RulesFor(inv.config());
   plan.architecture = rules.model_type;
@@ -501,17 +511,8 @@ Result<PlanContext> BuildPlan(const ConvertOptions& options, bool draft) {
 
   // 4. Sizes.
   for (PlannedTensor& t : plan.tensors) {
-    const int64_t elements = Elements(t.shape);
-    plan.parameters += elements;
-    if (t.quant) {
-      const int64_t rows = elements / t.shape.back();
-      const int scale_bytes = t.quant->mode == QuantMode::kAffine ? DTypeBits(t.dtype) / 8 : 1;
-      t.output_bytes = rows * PackedWordsPerRow(*t.quant, t.shape.back()) * 4 +
-                       rows * GroupsPerRow(*t.quant, t.shape.back()) * scale_bytes *
-                           (ModeInfo(t.quant->mode).has_biases ? 2 : 1);
-    } else {
-      t.output_bytes = elements * DTypeBits(t.dtype) / 8;
-    }
+    plan.parameters += Elements(t.shape);
+    t.output_bytes = PlannedOutputBytes(t);
     plan.output_bytes += t.output_bytes;
   }
   plan.default_quant = requested;

@@ -17,6 +17,10 @@ struct PlanContext {
   std::shared_ptr<const PrequantPlan> prequant;
 };
 
+// The bytes a planned tensor's outputs take: its values in t.dtype, or, quantized, the packed
+// words, scales (the dtype for affine, one byte otherwise) and affine biases.
+uint64_t PlannedOutputBytes(const PlannedTensor& t);
+
 // `draft`: the ollama policy's draftPolicy (ollama-create-spec §7) for a draft model.
 Result<PlanContext> BuildPlan(const ConvertOptions& options, bool draft = false);
 

@@ -10,6 +10,7 @@
 
 #include "model/arch.h"
 #include "model/json_util.h"
+#include "model/ollama_policy.h"
 #include "safetensors/format.h"
 
 namespace stquant::model {
@@ -353,7 +354,9 @@ Result<SourceLayer> Nvfp4Layer(const Inventory& inv, const std::string& where, c
 }
 
 Status PlanMlx(Builder& b) {
-  STQ_ASSIGN_OR_RETURN(std::vector<MlxQuantizedTensor> layers, FindMlxQuantized(b.inv));
+  Result<std::vector<MlxQuantizedTensor>> found = FindMlxQuantized(b.inv);
+  if (!found.ok()) return found.status().Annotate(b.where);
+  const std::vector<MlxQuantizedTensor>& layers = *found;
   for (const MlxQuantizedTensor& q : layers) {
     STQ_ASSIGN_OR_RETURN(QuantMode mode, ParseQuantMode(q.params.mode));
     b.plan.layers.push_back({q.base, QuantSpec{mode, q.params.bits, q.params.group_size, false, QuantProfile::kMlxCpu}});
@@ -756,15 +759,100 @@ Result<PrequantPlan> PlanPrequant(const Inventory& inv, const Classification& ki
   return std::move(b.plan);
 }
 
-Status PlanPrequantConversion(const ConvertOptions& options, const Classification& kind, PlanContext& context) {
+std::string OllamaPrequantName(const PrequantTensor& t) {
+  switch (t.role) {
+    case PrequantRole::kTensor:
+      return t.name;
+    case PrequantRole::kWeight:
+      return t.layer + ".weight";
+    case PrequantRole::kScales:
+      return t.layer + ".weight.scale";
+    case PrequantRole::kBiases:
+      return t.layer + ".weight.bias";
+    case PrequantRole::kGlobalScale:
+      return t.layer + ".weight.global_scale";
+  }
+  return t.name;
+}
+
+Result<std::vector<OllamaPrequantBlob>> OllamaPrequantBlobs(const PrequantPlan& plan, const std::string& where,
+                                                            bool requantize) {
+  std::map<std::string, OllamaPrequantBlob> blobs;
+  std::map<std::string, std::string> blob_of;  // output tensor -> blob
+  for (size_t i = 0; i < plan.tensors.size(); ++i) {
+    const PrequantTensor& t = plan.tensors[i];
+    const std::string name = OllamaPrequantName(t);
+    const std::string blob_name = t.layer.empty() ? name : t.layer + ".weight";
+    OllamaPrequantBlob& blob = blobs[blob_name];
+    if (!blob.tensors.empty() && blob.layer != t.layer) {
+      return Status::InvalidInput(fmt::format(
+          "{}: two blobs named '{}' (source tensors '{}' and '{}' normalize to a clashing name)", where, P(blob_name),
+          P(plan.tensors[blob.tensors.front()].sources.front()), P(t.sources.front())));
+    }
+    if (auto [it, fresh] = blob_of.emplace(name, blob_name); !fresh) {
+      return Status::InvalidInput(fmt::format(
+          "{}: output tensor '{}' planned in both blob '{}' and blob '{}' (source tensors normalize to a clashing name)",
+          where, P(name), P(it->second), P(blob_name)));
+    }
+    blob.name = blob_name;
+    blob.layer = t.layer;
+    blob.tensors.push_back(i);
+  }
+  std::vector<OllamaPrequantBlob> out;
+  for (auto& entry : blobs) {
+    OllamaPrequantBlob& blob = entry.second;
+    // Weight, scale, bias, global scale: the order of the roles.
+    std::stable_sort(blob.tensors.begin(), blob.tensors.end(),
+                     [&](size_t a, size_t b) { return plan.tensors[a].role < plan.tensors[b].role; });
+    if (!blob.layer.empty() && !requantize) {
+      const auto layer = std::find_if(plan.layers.begin(), plan.layers.end(),
+                                      [&](const PrequantLayer& l) { return l.path == blob.layer; });
+      if (layer == plan.layers.end()) {
+        return Status::Internal(fmt::format("{}: layer '{}' is missing from the import plan", where, P(blob.layer)));
+      }
+      // sourceQuantType (ollama-create-spec §2.4): the runtime knows int4, int8, nvfp4, mxfp4, mxfp8.
+      const std::string type = QuantTypeName(layer->spec);
+      if (!OllamaTypeSpec(type)) {
+        return Status::Unsupported(fmt::format(
+            "{}: layer '{}' is {} (group {}), a type ollama's MLX runner does not have (int4, int8, nvfp4, mxfp4, "
+            "mxfp8); import it into the mlx layout, or add -q TYPE --requantize (loses accuracy)",
+            where, P(blob.layer), type, layer->spec.group_size));
+      }
+      blob.metadata["quant_type"] = type;
+      // ModelOpt leaves the group size to the runtime (16), as ollama's importer.
+      if (plan.kind != SourceKind::kModelOptNvfp4) blob.metadata["group_size"] = std::to_string(layer->spec.group_size);
+    }
+    out.push_back(std::move(blob));
+  }
+  return out;
+}
+
+DType DequantizedDType(const nlohmann::json& config) {
+  for (const char* key : {"torch_dtype", "dtype"}) {
+    const auto it = config.find(key);
+    if (it == config.end() || !it->is_string()) continue;
+    if (*it == "float16") return DType::kF16;
+    if (*it == "float32") return DType::kF32;
+    break;
+  }
+  return DType::kBF16;
+}
+
+Status PlanPrequantConversion(const ConvertOptions& options, const Classification& kind,
+                              const OllamaPolicy* policy, PlanContext& context) {
   const Inventory& inv = *context.inventory;
   const std::string where = options.source_dir;
-  if (options.layout != OutputLayout::kMlx) {
-    return Status::Unsupported(fmt::format(
-        "{}: the checkpoint is already quantized ({}: {}); the ollama layout does not import prequantized models yet",
-        where, SourceKindName(kind.kind), kind.detail));
-  }
+  const bool ollama = options.layout == OutputLayout::kOllama;
+  if (ollama && policy == nullptr) return Status::Internal("PlanPrequantConversion: the ollama layout without a policy");
   if (options.quant && !options.requantize) {
+    if (ollama) {
+      // ollama-create-spec §5, with how to get there anyway.
+      return Status::InvalidArgument(fmt::format(
+          "{}: cannot requantize an already-quantized source model (requested \"{}\"): only bf16/fp16/fp32 sources "
+          "can be quantized ({}: {}). Leave out -q to import it losslessly, or add --requantize to dequantize it and "
+          "quantize again (loses accuracy)",
+          where, QuantTypeName(*options.quant), SourceKindName(kind.kind), kind.detail));
+    }
     return Status::InvalidArgument(fmt::format(
         "{}: the checkpoint is already quantized ({}: {}); -q would dequantize it and quantize again, which loses "
         "accuracy. Leave out -q to import it losslessly (its codes and scales unchanged), or add --requantize",
@@ -779,47 +867,66 @@ Status PlanPrequantConversion(const ConvertOptions& options, const Classificatio
         SourceKindName(kind.kind)));
   }
   if (options.quant) STQ_RETURN_IF_ERROR(ValidateQuantSpec(*options.quant));
-  STQ_ASSIGN_OR_RETURN(PrequantPlan pq, PlanPrequant(inv, kind, {}));
+  STQ_ASSIGN_OR_RETURN(PrequantPlan pq,
+                       PlanPrequant(inv, kind, {.target = ollama ? PrequantTarget::kRaw : PrequantTarget::kMlxLm}));
   ConversionPlan& plan = context.plan;
   plan.architecture = RulesFor(inv.config()).model_type;
   plan.source_kind = std::string(SourceKindName(kind.kind));
   plan.default_quant = options.quant;
   plan.input_bytes = pq.input_bytes;
-  auto planned = [&](const PrequantTensor& t) {
+  auto planned = [&](const PrequantTensor& t, std::string name) {
     PlannedTensor p;
-    p.name = t.name;
+    p.name = std::move(name);
     for (const std::string& s : t.sources) p.sources.push_back({s, ""});
     p.source_dtype = inv.FindInfo(t.sources.front())->dtype;
     p.dtype = t.dtype;
     p.shape = t.shape;
-    p.output_bytes = t.bytes;
     return p;
   };
-  for (const PrequantTensor& t : pq.tensors) {
-    if (!options.requantize || t.layer.empty()) {
-      plan.tensors.push_back(planned(t));
-      continue;
-    }
-    if (t.role != PrequantRole::kWeight) continue;
-    PlannedTensor p = planned(t);
-    int bits = 4;
+  // --requantize: a layer's weight as the float tensor of its dequantized values.
+  const DType float_dtype = DequantizedDType(inv.config());
+  auto dequantized = [&](const PrequantTensor& weight, std::string name) {
+    PlannedTensor p = planned(weight, std::move(name));
     for (const PrequantLayer& l : pq.layers) {
-      if (l.path == t.layer) bits = l.spec.bits;
+      if (l.path == weight.layer) p.shape.back() = p.shape.back() * 32 / l.spec.bits;
     }
-    p.shape.back() = p.shape.back() * 32 / bits;
-    p.dtype = DType::kBF16;
+    p.dtype = float_dtype;
     p.transform = TensorTransform::kCast;
-    if (p.shape.back() % options.quant->group_size == 0) {
-      p.quant = options.quant;
-      const int64_t rows = Elements(p.shape) / p.shape.back();
-      p.output_bytes = rows * PackedWordsPerRow(*p.quant, p.shape.back()) * 4 +
-                       rows * GroupsPerRow(*p.quant, p.shape.back()) * 2 * (ModeInfo(p.quant->mode).has_biases ? 2 : 1);
-    } else {
-      p.output_bytes = Elements(p.shape) * 2;
+    return p;
+  };
+  if (ollama) {
+    STQ_ASSIGN_OR_RETURN(std::vector<OllamaPrequantBlob> blobs, OllamaPrequantBlobs(pq, where, options.requantize));
+    for (const OllamaPrequantBlob& blob : blobs) {
+      if (options.requantize && !blob.layer.empty()) {
+        // The type ollama's policy gives the dequantized weight.
+        PlannedTensor p = dequantized(pq.tensors[blob.tensors.front()], blob.name);
+        p.quant = OllamaTypeSpec(policy->Type(p.name, p.shape, OllamaTypeOf(*options.quant)));
+        if (p.quant) p.quant->profile = options.quant->profile;
+        p.blob = blob.name;
+        plan.tensors.push_back(std::move(p));
+        continue;
+      }
+      for (size_t i : blob.tensors) {
+        PlannedTensor p = planned(pq.tensors[i], OllamaPrequantName(pq.tensors[i]));
+        p.blob = blob.name;
+        plan.tensors.push_back(std::move(p));
+      }
     }
-    plan.tensors.push_back(std::move(p));
   }
-  for (const PlannedTensor& t : plan.tensors) plan.output_bytes += t.output_bytes;
+  for (const PrequantTensor& t : pq.tensors) {
+    if (ollama) break;
+    if (!options.requantize || t.layer.empty()) {
+      plan.tensors.push_back(planned(t, t.name));
+    } else if (t.role == PrequantRole::kWeight) {
+      PlannedTensor p = dequantized(t, t.name);
+      if (p.shape.back() % options.quant->group_size == 0) p.quant = options.quant;
+      plan.tensors.push_back(std::move(p));
+    }
+  }
+  for (PlannedTensor& t : plan.tensors) {
+    t.output_bytes = PlannedOutputBytes(t);
+    plan.output_bytes += t.output_bytes;
+  }
   // Logical parameters: a packed weight counts its codes, scales/biases/global scales nothing.
   for (const PrequantTensor& t : pq.tensors) {
     if (t.role == PrequantRole::kTensor) {

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -20,6 +21,7 @@
 #include <nlohmann/json.hpp>
 
 #include "model/inventory.h"
+#include "model/ollama_policy.h"
 #include "model/plan_internal.h"
 #include "stquant/convert.h"
 #include "stquant/quant_spec.h"
@@ -94,6 +96,31 @@ struct PrequantPlan {
   uint64_t output_bytes = 0;
 };
 
+// The ollama layout of a kRaw plan (ollama-create-spec §6.3): every quantized layer is one blob
+// named "<layer>.weight" holding its tensors renamed by role (see the file comment), with
+// __metadata__ quant_type (and group_size, which ModelOpt leaves to the runtime's 16); every
+// other tensor is a blob of its own under its own name. Experts stay per expert (not stacked).
+struct OllamaPrequantBlob {
+  std::string name;
+  std::string layer;            // the quantized layer's path; empty for a pass-through tensor
+  std::vector<size_t> tensors;  // indices into PrequantPlan::tensors: weight, scale, bias, global scale
+  std::map<std::string, std::string> metadata;  // empty for a pass-through tensor or with `requantize`
+};
+
+// A plan tensor's name in the ollama layout.
+std::string OllamaPrequantName(const PrequantTensor& tensor);
+
+// The blobs of a kRaw plan, sorted by name. Errors (InvalidInput / Unsupported, naming `where` and
+// the layer or tensor): a layer type ollama's runtime has no name for (affine with bits other
+// than 4 and 8; not checked with `requantize`, where such layers are quantized again), two blobs or
+// two output tensors with one name (source tensors that normalize to a clashing name).
+Result<std::vector<OllamaPrequantBlob>> OllamaPrequantBlobs(const PrequantPlan& plan, const std::string& where,
+                                                            bool requantize);
+
+// The float dtype layers are dequantized to (--requantize): config torch_dtype / dtype when it is
+// float16 or float32, else BF16.
+DType DequantizedDType(const nlohmann::json& config);
+
 // Plans the import of a checkpoint that Classify() found quantized (any kind but kFloat and
 // kBlockFp8). Errors (InvalidInput / Unsupported) name the file or directory, the format and the
 // tensor: a format that cannot be imported without touching codes, a second quantization format in
@@ -103,9 +130,12 @@ Result<PrequantPlan> PlanPrequant(const Inventory& inventory, const Classificati
 
 // BuildPlan's branch for a quantized source: plans the import (lossless, or with
 // options.requantize a dequantize + quantize to options.quant), sets context.prequant and fills
-// context.plan for --dry-run and the summary. -q without --requantize is an InvalidArgument error
-// explaining why.
-Status PlanPrequantConversion(const ConvertOptions& options, const Classification& kind, PlanContext& context);
+// context.plan for --dry-run, the summary and the ollama writer (layout kOllama: a kRaw plan, the
+// tensors in blob order with their ollama names; with --requantize a layer is one float tensor
+// "<layer>.weight" of the dequantized dtype whose type `policy` chooses for options.quant). -q
+// without --requantize is an InvalidArgument error explaining why.
+Status PlanPrequantConversion(const ConvertOptions& options, const Classification& kind,
+                              const OllamaPolicy* policy, PlanContext& context);
 
 // For a checkpoint Classify() found float or block-FP8: an Unsupported error naming the format
 // and a tensor when it is in fact quantized in a format stquant does not read (GPTQ, AWQ,

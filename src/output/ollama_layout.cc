@@ -16,8 +16,10 @@
 #include "model/ollama_meta.h"
 #include "model/ollama_policy.h"
 #include "model/plan_internal.h"
+#include "model/prequant.h"
 #include "output/ollama_store.h"
 #include "output/planned_rows.h"
+#include "output/prequant_write.h"
 #include "output/tensor_stream.h"
 
 namespace stquant::output {
@@ -42,9 +44,35 @@ struct Progress {
   const std::function<void(const ConvertProgress&)>* callback = nullptr;
 };
 
-// Writes one tensor blob: the planned tensors `members` (in order), names prefixed by `prefix`.
+// Writes one tensor blob into the store: `decls` (final names) and `metadata`, the data written by
+// `fill` into the writer.
+Result<OllamaLayer> WriteBlob(OllamaStore& store, const std::string& blob_name, std::vector<TensorDecl> decls,
+                              const std::optional<std::map<std::string, std::string>>& metadata,
+                              const std::function<Status(Writer&)>& fill, ConvertSummary& summary) {
+  const std::string temp = store.NewTempPath();
+  STQ_ASSIGN_OR_RETURN(std::unique_ptr<Writer> writer,
+                       Writer::Create(temp, std::move(decls), metadata, Writer::CacheUse::kKeep));  // hashed next
+  STQ_RETURN_IF_ERROR(fill(*writer));
+  STQ_RETURN_IF_ERROR(writer->Commit().Annotate("write blob " + blob_name));
+  summary.output_bytes += writer->file_size();
+  return store.AddBlobFile(temp, kOllamaMediaTensor, blob_name);
+}
+
+// After one output tensor (with its scales) is written: `status` annotated with blob and tensor.
+Status TensorDone(const Status& status, const std::string& blob_name, const std::string& name, Progress& progress,
+                  ConvertSummary& summary) {
+  STQ_RETURN_IF_ERROR(status.Annotate(fmt::format("blob {}: tensor {}", blob_name, name)));
+  ++summary.tensors;
+  ++progress.state.tensors_done;
+  if (*progress.callback) (*progress.callback)(progress.state);
+  return Status::Ok();
+}
+
+// Writes one tensor blob: the planned tensors `members` (in order), names prefixed by `prefix`,
+// their values read from `rows_of`.
 Result<OllamaLayer> WriteTensorBlob(OllamaStore& store, const model::Inventory& inv,
                                     const std::vector<const PlannedTensor*>& members, const std::string& prefix,
+                                    const std::function<RowSource(const PlannedTensor&)>& rows_of,
                                     const ConvertOptions& options, Progress& progress, ConvertSummary& summary) {
   std::vector<TensorDecl> decls;
   for (const PlannedTensor* t : members) {
@@ -84,60 +112,114 @@ Result<OllamaLayer> WriteTensorBlob(OllamaStore& store, const model::Inventory& 
     }
   }
   const std::string blob_name = prefix + members.front()->blob;
-  const std::string temp = store.NewTempPath();
-  STQ_ASSIGN_OR_RETURN(std::unique_ptr<Writer> writer,
-                       Writer::Create(temp, std::move(decls), metadata, Writer::CacheUse::kKeep));  // hashed next
-  auto target = [&](const std::string& name) { return WriteTarget{writer.get(), *writer->IndexOf(name)}; };
-  for (const PlannedTensor* t : members) {
-    const std::string name = prefix + t->name;
-    progress.state.current = name;
-    const RowSource rows = PlannedRows(inv, *t, options.profile);
-    uint64_t source_bytes = 0;
-    for (const PlannedSource& s : t->sources) source_bytes += inv.FindInfo(s.tensor)->nbytes();
-    const uint64_t value_bytes =
-        std::max<uint64_t>(1, static_cast<uint64_t>(rows.rows) * rows.cols * DTypeBits(t->dtype) / 8);
-    auto on_block = [&](uint64_t bytes) {
-      progress.state.bytes_done += bytes * source_bytes / value_bytes;
-      if (*progress.callback) (*progress.callback)(progress.state);
-    };
-    Status status;
-    if (!t->quant) {
-      status = CopyRows(rows, target(name), options.threads, on_block);
-    } else {
-      float global_scale = 0.0f;
-      if (t->quant->global_scale) {
-        STQ_ASSIGN_OR_RETURN(global_scale, RowsAbsMax(rows));
-        uint8_t bytes[4];
-        std::memcpy(bytes, &global_scale, 4);
-        STQ_RETURN_IF_ERROR(target(name + ".global_scale").Write(0, bytes));
+  auto fill = [&](Writer& writer) -> Status {
+    auto target = [&](const std::string& name) { return WriteTarget{&writer, *writer.IndexOf(name)}; };
+    for (const PlannedTensor* t : members) {
+      const std::string name = prefix + t->name;
+      progress.state.current = name;
+      const RowSource rows = rows_of(*t);
+      uint64_t source_bytes = 0;
+      for (const PlannedSource& s : t->sources) source_bytes += inv.FindInfo(s.tensor)->nbytes();
+      const uint64_t value_bytes =
+          std::max<uint64_t>(1, static_cast<uint64_t>(rows.rows) * rows.cols * DTypeBits(t->dtype) / 8);
+      auto on_block = [&](uint64_t bytes) {
+        progress.state.bytes_done += bytes * source_bytes / value_bytes;
+        if (*progress.callback) (*progress.callback)(progress.state);
+      };
+      Status status;
+      if (!t->quant) {
+        status = CopyRows(rows, target(name), options.threads, on_block);
+      } else {
+        float global_scale = 0.0f;
+        if (t->quant->global_scale) {
+          STQ_ASSIGN_OR_RETURN(global_scale, RowsAbsMax(rows));
+          uint8_t bytes[4];
+          std::memcpy(bytes, &global_scale, 4);
+          STQ_RETURN_IF_ERROR(target(name + ".global_scale").Write(0, bytes));
+        }
+        QuantizedTargets targets{target(name), target(name + ".scale"), std::nullopt};
+        if (ModeInfo(t->quant->mode).has_biases) targets.biases = target(name + ".bias");
+        status = QuantizeRowSource(rows, *t->quant, global_scale, targets, options.threads, on_block);
+        ++summary.quantized_tensors;
       }
-      QuantizedTargets targets{target(name), target(name + ".scale"), std::nullopt};
-      if (ModeInfo(t->quant->mode).has_biases) targets.biases = target(name + ".bias");
-      status = QuantizeRowSource(rows, *t->quant, global_scale, targets, options.threads, on_block);
-      ++summary.quantized_tensors;
+      STQ_RETURN_IF_ERROR(TensorDone(status, blob_name, name, progress, summary));
     }
-    STQ_RETURN_IF_ERROR(status.Annotate(fmt::format("blob {}: tensor {}", blob_name, name)));
-    ++summary.tensors;
-    ++progress.state.tensors_done;
-    if (*progress.callback) (*progress.callback)(progress.state);
+    return Status::Ok();
+  };
+  return WriteBlob(store, blob_name, std::move(decls), metadata, fill, summary);
+}
+
+// An already-quantized source (ollama-create-spec §6.3): the blobs of model::OllamaPrequantBlobs,
+// each tensor a byte transform of source tensors (WritePrequantTensor); with --requantize a layer's
+// blob is instead the planned float tensor "<layer>.weight" of its dequantized values, quantized
+// as planned.
+Status WritePrequantBlobs(OllamaStore& store, const model::PlanContext& context, const std::string& prefix,
+                          const ConvertOptions& options, Progress& progress, ConvertSummary& summary,
+                          std::vector<OllamaLayer>& layers) {
+  const model::Inventory& inv = *context.inventory;
+  const model::PrequantPlan& pq = *context.prequant;
+  STQ_ASSIGN_OR_RETURN(std::vector<model::OllamaPrequantBlob> blobs,
+                       model::OllamaPrequantBlobs(pq, inv.path(), options.requantize));
+  std::map<std::string, const PlannedTensor*> planned;  // by blob: a requantized layer's one tensor
+  for (const PlannedTensor& t : context.plan.tensors) planned.emplace(t.blob, &t);
+  for (const model::OllamaPrequantBlob& blob : blobs) {
+    std::vector<const model::PrequantTensor*> tensors;
+    for (size_t i : blob.tensors) tensors.push_back(&pq.tensors[i]);
+    const std::string blob_name = prefix + blob.name;
+    if (options.requantize && !blob.layer.empty()) {
+      const auto layer = std::find_if(pq.layers.begin(), pq.layers.end(),
+                                      [&](const model::PrequantLayer& l) { return l.path == blob.layer; });
+      const auto tensor = planned.find(blob.name);
+      if (layer == pq.layers.end() || tensor == planned.end()) {
+        return Status::Internal(fmt::format("{}: layer '{}' is missing from the plan", inv.path(), blob.layer));
+      }
+      auto rows_of = [&](const PlannedTensor& t) {
+        return PrequantLayerRows(inv, *layer, tensors, t.shape, t.dtype, pq.kind);
+      };
+      STQ_ASSIGN_OR_RETURN(OllamaLayer written, WriteTensorBlob(store, inv, {tensor->second}, prefix, rows_of, options,
+                                                                progress, summary));
+      layers.push_back(std::move(written));
+      continue;
+    }
+    std::vector<TensorDecl> decls;
+    for (const model::PrequantTensor* t : tensors) {
+      decls.push_back({prefix + model::OllamaPrequantName(*t), t->dtype, t->shape});
+    }
+    std::optional<std::map<std::string, std::string>> metadata;
+    if (!blob.metadata.empty()) metadata = blob.metadata;
+    auto fill = [&](Writer& writer) -> Status {
+      auto on_bytes = [&](uint64_t bytes) {
+        progress.state.bytes_done += bytes;
+        if (*progress.callback) (*progress.callback)(progress.state);
+      };
+      for (const model::PrequantTensor* t : tensors) {
+        const std::string name = prefix + model::OllamaPrequantName(*t);
+        progress.state.current = name;
+        const Status status = WritePrequantTensor(inv, *t, WriteTarget{&writer, *writer.IndexOf(name)}, on_bytes);
+        STQ_RETURN_IF_ERROR(TensorDone(status, blob_name, name, progress, summary));
+      }
+      if (!blob.layer.empty()) ++summary.quantized_tensors;
+      return Status::Ok();
+    };
+    STQ_ASSIGN_OR_RETURN(OllamaLayer written, WriteBlob(store, blob_name, std::move(decls), metadata, fill, summary));
+    layers.push_back(std::move(written));
   }
-  STQ_RETURN_IF_ERROR(writer->Commit().Annotate("write blob " + blob_name));
-  summary.output_bytes += writer->file_size();
-  STQ_ASSIGN_OR_RETURN(OllamaLayer layer, store.AddBlobFile(temp, kOllamaMediaTensor, blob_name));
-  return layer;
+  return Status::Ok();
 }
 
 // The tensor blobs of a plan, in plan (blob) order.
 Status WritePlanBlobs(OllamaStore& store, const model::PlanContext& context, const std::string& prefix,
                       const ConvertOptions& options, Progress& progress, ConvertSummary& summary,
                       std::vector<OllamaLayer>& layers) {
+  if (context.prequant) return WritePrequantBlobs(store, context, prefix, options, progress, summary, layers);
   const std::vector<PlannedTensor>& tensors = context.plan.tensors;
+  auto rows_of = [&](const PlannedTensor& t) { return PlannedRows(*context.inventory, t, options.profile); };
   for (size_t i = 0; i < tensors.size();) {
     std::vector<const PlannedTensor*> members;
     size_t j = i;
     while (j < tensors.size() && tensors[j].blob == tensors[i].blob) members.push_back(&tensors[j++]);
-    STQ_ASSIGN_OR_RETURN(OllamaLayer layer,
-                         WriteTensorBlob(store, *context.inventory, members, prefix, options, progress, summary));
+    STQ_ASSIGN_OR_RETURN(OllamaLayer layer, WriteTensorBlob(store, *context.inventory, members, prefix, rows_of,
+                                                            options, progress, summary));
     layers.push_back(std::move(layer));
     i = j;
   }
@@ -165,6 +247,23 @@ Status WriteConfigLayers(OllamaStore& store, const std::string& dir, const std::
     layers.push_back(std::move(layer));
   }
   return Status::Ok();
+}
+
+// The ConfigV2 file_type (ollama-create-spec §5, §9.3): the requested type; for a source imported
+// as it is, the quant_type every quantized layer's blob shares ("" when they differ).
+std::string FileType(const model::PlanContext& context) {
+  if (context.plan.default_quant) return model::OllamaTypeOf(*context.plan.default_quant);
+  if (!context.prequant) return "";
+  Result<std::vector<model::OllamaPrequantBlob>> blobs =
+      model::OllamaPrequantBlobs(*context.prequant, context.inventory->path(), /*requantize=*/false);
+  if (!blobs.ok()) return "";  // not reached: the plan checked the same blobs
+  std::string type;
+  for (const model::OllamaPrequantBlob& blob : *blobs) {
+    if (blob.metadata.empty()) continue;
+    if (!type.empty() && type != blob.metadata.at("quant_type")) return "";
+    type = blob.metadata.at("quant_type");
+  }
+  return type;
 }
 
 uint64_t PeakRss() {
@@ -205,14 +304,6 @@ Result<ConvertSummary> ConvertToOllamaStore(const ConvertOptions& given,
 
   // Everything that can fail on the input is checked before the first blob is written.
   STQ_ASSIGN_OR_RETURN(model::PlanContext context, model::BuildPlan(options));
-  // Already-quantized sources (ollama-create-spec §6.3) are not imported into the store yet.
-  auto refuse_prequant = [](const model::PlanContext& c, const std::string& dir) -> Status {
-    if (!c.prequant) return Status::Ok();
-    return Status::Unsupported(fmt::format(
-        "{}: the checkpoint is already quantized ({}); the ollama layout imports float and block-FP8 sources only",
-        dir, c.plan.source_kind));
-  };
-  STQ_RETURN_IF_ERROR(refuse_prequant(context, options.source_dir));
   std::optional<model::PlanContext> draft;
   nlohmann::ordered_json draft_info;
   if (!options.draft_dir.empty()) {
@@ -220,7 +311,6 @@ Result<ConvertSummary> ConvertToOllamaStore(const ConvertOptions& given,
     draft_options.source_dir = options.draft_dir;
     draft_options.quant = options.draft_quant;
     STQ_ASSIGN_OR_RETURN(model::PlanContext d, model::BuildPlan(draft_options, /*draft=*/true));
-    STQ_RETURN_IF_ERROR(refuse_prequant(d, options.draft_dir));
     const std::string arch = model::OllamaArchitecture(d.inventory->config());
     if (arch.empty()) return Status::InvalidInput("draft architecture not found in " + options.draft_dir);
     draft_info["model_format"] = "safetensors";
@@ -267,7 +357,7 @@ Result<ConvertSummary> ConvertToOllamaStore(const ConvertOptions& given,
   config_v2["model_family"] = "";
   config_v2["model_families"] = nullptr;
   config_v2["model_type"] = "";
-  config_v2["file_type"] = context.plan.default_quant ? model::OllamaTypeOf(*context.plan.default_quant) : "";
+  config_v2["file_type"] = FileType(context);
   if (!renderer.empty()) config_v2["renderer"] = renderer;
   if (!parser.empty()) config_v2["parser"] = parser;
   config_v2["requires"] = modelfile.requires_version.empty() ? model::kOllamaMinVersion : modelfile.requires_version;

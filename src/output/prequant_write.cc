@@ -442,15 +442,7 @@ Result<ConvertSummary> ConvertPrequantMlx(const ConvertOptions& options, const m
   }
   std::vector<OutTensor> outs;
   uint64_t parameters = 0;
-  // The float dtype of dequantized layers: the model's (config torch_dtype / dtype), else BF16.
-  DType float_dtype = DType::kBF16;
-  for (const char* key : {"torch_dtype", "dtype"}) {
-    const auto it = inv.config().find(key);
-    if (it == inv.config().end() || !it->is_string()) continue;
-    if (*it == "float16") float_dtype = DType::kF16;
-    if (*it == "float32") float_dtype = DType::kF32;
-    break;
-  }
+  const DType float_dtype = model::DequantizedDType(inv.config());
   for (const PrequantTensor& t : pq.tensors) {
     if (!requantize || t.layer.empty()) {
       OutTensor o{t.name, t.dtype, t.shape, t.bytes};

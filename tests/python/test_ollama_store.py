@@ -81,6 +81,7 @@ def load_model(store: Path, name: str):
                         q = {2: "nvfp4", 4: "mxfp4", 8: "mxfp8"}[words // groups]
                     else:
                         q = "int4" if words * 32 // (groups * 64) == 4 else "int8"
+                if g is None:  # the type's group (ModelOpt NVFP4 blobs name no group_size)
                     g = {"nvfp4": 16, "mxfp4": 32, "mxfp8": 32}.get(q, 64)
                 quant[n] = (q, int(g))
     return manifest, tensors, quant, raw

@@ -586,3 +586,229 @@ def test_unsupported_and_mixed_formats_are_refused(stquant, shared_dir, tmp_path
                {"quantization_config": {"quant_method": "compressed-tensors", "format": "marlin-24"}})
     r = run(stquant, "convert", tmp_path / "fq", "-o", tmp_path / "o5", ok=False)
     assert r.returncode == 2 and "marlin-24" in r.stderr and "weight_packed" in r.stderr
+
+
+# ------------------------------------------------------------------------------------------------
+# The ollama layout (ollama-create-spec §6.3): one blob "<base>.weight" per quantized layer holding
+# "<base>.weight" (U32), ".weight.scale", ".weight.bias" (affine), ".weight.global_scale" (nvfp4:
+# ModelOpt's weight_scale_2 as it is, compressed-tensors' 1 / weight_global_scale), metadata
+# quant_type / group_size; every other tensor a blob of its own, byte-exact; experts per expert.
+# Read back as ollama's MLX runner reads the store (test_ollama_store.load_model).
+
+from test_ollama_store import TENSOR, load_model, manifest_path  # noqa: E402
+
+
+def import_ollama(stquant, src, store, *args, ok=True):
+    return run(stquant, "convert", src, "--layout", "ollama", "--models-dir", store, "--name", "x", "--quiet", *args,
+               ok=ok)
+
+
+def read_blobs(store):
+    """layer name -> (header without offsets, metadata) for every tensor blob, in manifest order;
+    plus the runner's flat tensor map and per-tensor (quant_type, group_size)."""
+    manifest, tensors, quant, raw = load_model(store, "x")
+    blobs = {}
+    for layer in manifest["layers"]:
+        if layer["mediaType"] != TENSOR:
+            continue
+        data = (store / "blobs" / ("sha256-" + layer["digest"].split(":")[1])).read_bytes()
+        header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+        metadata = header.pop("__metadata__", {})
+        blobs[layer["name"]] = ({k: (v["dtype"], tuple(v["shape"])) for k, v in header.items()}, metadata)
+    return manifest, blobs, tensors, quant, raw
+
+
+def mlx_global_scale(scale):
+    """The float32 g of MLX's nvfp4 dequantize (block scale e4m3 * f32(g / 2688)) that applies the
+    per-tensor multiplier `scale` exactly: the runner's .weight.global_scale (ModelOpt's
+    weight_scale_2 semantics) in MLX's terms."""
+    scale = np.float32(scale)
+    g = np.float32(scale * np.float32(2688))
+    for _ in range(64):
+        q = np.float32(g / np.float32(2688))
+        if q == scale:
+            return g
+        g = np.nextafter(g, np.float32(np.inf) if q < scale else np.float32(0))
+    raise AssertionError(f"no float32 g with g / 2688 == {scale}")
+
+
+def nvfp4_blob_values(tensors, base):
+    g = tensors[base + ".weight.global_scale"]
+    assert g.dtype == mx.float32 and g.shape == ()
+    w, s = tensors[base + ".weight"], tensors[base + ".weight_scale"]
+    assert w.dtype == mx.uint32 and s.dtype == mx.uint8
+    return np.array(mx.dequantize(w, s, group_size=16, bits=4, mode="nvfp4", dtype=mx.float32,
+                                  global_scale=mx.array(mlx_global_scale(g.item()))))
+
+
+def check_layer_blob(blobs, base, quant_type, group, extra):
+    header, metadata = blobs[base + ".weight"]
+    assert sorted(header) == sorted(base + ".weight" + s for s in ("", ".scale", *extra))
+    assert header[base + ".weight"][0] == "U32"
+    want = {"quant_type": quant_type}
+    if group is not None:
+        want["group_size"] = str(group)
+    assert metadata == want
+
+
+@pytest.mark.parametrize("ws2_mode", ["one", "real"])
+def test_ollama_modelopt_dense(stquant, shared_dir, tmp_path, ws2_mode):
+    # Any weight_scale_2 is kept exactly: the store carries it as the layer's global scale.
+    ref = build_modelopt(shared_dir, tmp_path / "src", "tiny-llama", is_linear, ws2_mode)
+    import_ollama(stquant, tmp_path / "src", tmp_path / "store")
+    manifest, blobs, tensors, quant, raw = read_blobs(tmp_path / "store")
+    src = read_raw(tmp_path / "src/model.safetensors")
+    names = list(blobs)
+    assert names == sorted(names)
+    assert not any(k.endswith(("input_scale", "weight_scale_2", "weight_scale")) for k in raw)
+    for base, want in ref.items():
+        check_layer_blob(blobs, base, "nvfp4", None, [".global_scale"])  # ModelOpt: no group_size (§6.3)
+        assert quant[base + ".weight"] == ("nvfp4", 16)
+        assert raw[base + ".weight"][1] == src[base + ".weight"][2]  # the packed bytes, relabelled
+        assert raw[base + ".weight.scale"] == ("U8", src[base + ".weight_scale"][2])
+        assert raw[base + ".weight.global_scale"] == ("F32", src[base + ".weight_scale_2"][2])
+        np.testing.assert_array_equal(nvfp4_blob_values(tensors, base), want)
+    # Pass-through tensors: their own blobs, byte-exact.
+    for name, (dt, shape, data) in src.items():
+        if not name.startswith(tuple(ref)):
+            assert blobs[name][0] == {name: (dt, shape)} and raw[name] == (dt, data)
+    config = json.loads((tmp_path / "store/blobs" / ("sha256-" + manifest["config"]["digest"][7:])).read_text())
+    assert config["file_type"] == "nvfp4"
+    # hf_quant_config.json is one of the config layers, as every *.json.
+    assert "hf_quant_config.json" in [l.get("name") for l in manifest["layers"]]
+
+
+def test_ollama_modelopt_experts_stay_per_expert(stquant, shared_dir, tmp_path):
+    ref = build_modelopt(shared_dir, tmp_path / "src", "tiny-qwen3-moe", is_expert, "real")
+    import_ollama(stquant, tmp_path / "src", tmp_path / "store")
+    _, blobs, tensors, quant, raw = read_blobs(tmp_path / "store")
+    assert not any("switch_mlp" in n or n.endswith(".mlp.experts") for n in blobs)
+    assert len(ref) == 2 * 3 * 8
+    for base, want in ref.items():
+        check_layer_blob(blobs, base, "nvfp4", None, [".global_scale"])
+        np.testing.assert_array_equal(nvfp4_blob_values(tensors, base), want)
+
+
+def test_ollama_compressed_tensors_nvfp4(stquant, shared_dir, tmp_path):
+    ref = build_ct_nvfp4(shared_dir, tmp_path / "src", "tiny-qwen3-moe", is_expert)
+    import_ollama(stquant, tmp_path / "src", tmp_path / "store")
+    _, blobs, tensors, quant, raw = read_blobs(tmp_path / "store")
+    src = read_raw(tmp_path / "src/model.safetensors")
+    assert not any(k.endswith(("weight_packed", "weight_global_scale", "input_global_scale")) for k in raw)
+    for base, want in ref.items():
+        check_layer_blob(blobs, base, "nvfp4", 16, [".global_scale"])
+        G = np.frombuffer(src[base + ".weight_global_scale"][2], np.float32)[0]
+        assert tensors[base + ".weight.global_scale"].item() == np.float32(1) / G  # reciprocal_f32
+        got = nvfp4_blob_values(tensors, base)
+        # f32(e4m3 * f32(1/G)) may differ from compressed-tensors' f32(e4m3 / G) by an ulp; its
+        # decompressor returns bfloat16, where they are equal.
+        np.testing.assert_array_equal(got.astype(ml_dtypes.bfloat16), want.astype(ml_dtypes.bfloat16))
+        assert np.max(np.abs(got - want) / np.maximum(np.abs(want), 1e-30)) <= 2**-23
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_ollama_compressed_tensors_int4(stquant, shared_dir, tmp_path, symmetric):
+    ref = build_ct_int(shared_dir, tmp_path / "src", symmetric=symmetric, coarse=not symmetric)
+    import_ollama(stquant, tmp_path / "src", tmp_path / "store")
+    _, blobs, tensors, quant, raw = read_blobs(tmp_path / "store")
+    assert not any(k.endswith(("weight_shape", "weight_packed", "weight_zero_point")) for k in raw)
+    for base, want in ref.items():
+        check_layer_blob(blobs, base, "int4", 64, [".bias"])
+        w, s, b = tensors[base + ".weight"], tensors[base + ".weight_scale"], tensors[base + ".weight_qbias"]
+        assert s.dtype == mx.bfloat16 and b.dtype == mx.bfloat16
+        got = np.array(mx.dequantize(w, s.astype(mx.float32), b.astype(mx.float32), group_size=64, bits=4,
+                                     dtype=mx.float32)).astype(np.float64)
+        np.testing.assert_array_equal(got, want)
+    if not symmetric:
+        build_ct_int(shared_dir, tmp_path / "src2", symmetric=False, coarse=False)
+        r = import_ollama(stquant, tmp_path / "src2", tmp_path / "store2", ok=False)
+        assert r.returncode == 2 and "not exactly representable in BF16" in r.stderr and "layer 'model.layers." in r.stderr
+        assert not manifest_path(tmp_path / "store2", "x").exists()
+
+
+def test_ollama_gpt_oss_mxfp4(stquant, shared_dir, tmp_path):
+    # ollama imports gpt-oss only in mlx-lm's layout (§2.6): gate_up split into gate_proj / up_proj.
+    ref = build_gpt_oss(shared_dir, tmp_path / "src")
+    import_ollama(stquant, tmp_path / "src", tmp_path / "store")
+    _, blobs, tensors, quant, raw = read_blobs(tmp_path / "store")
+    assert not any(k.endswith(("_blocks", "_scales", "_bias")) for k in raw)
+    for key, want in ref.items():
+        if key.endswith(".bias"):
+            assert blobs[key][0] == {key: ("BF16", want.shape)}
+            np.testing.assert_array_equal(np.array(tensors[key].astype(mx.float32)),
+                                          want.astype(ml_dtypes.bfloat16).astype(np.float32))
+            continue
+        check_layer_blob(blobs, key, "mxfp4", 32, [])
+        w, s = tensors[key + ".weight"], tensors[key + ".weight_scale"]
+        got = np.array(mx.dequantize(w, s, group_size=32, bits=4, mode="mxfp4", dtype=mx.float32))
+        np.testing.assert_array_equal(got, want)
+
+
+def test_ollama_mlx_source(stquant, shared_dir, tmp_path):
+    run(stquant, "convert", shared_dir / "fixtures/hf/tiny-qwen3-moe", "-o", tmp_path / "mlx", "-q", "int4", "--quiet")
+    import_ollama(stquant, tmp_path / "mlx", tmp_path / "store")
+    manifest, blobs, tensors, quant, raw = read_blobs(tmp_path / "store")
+    mlx = read_raw(tmp_path / "mlx/model.safetensors")
+    layers = [n[: -len(".scales")] for n in mlx if n.endswith(".scales")]
+    assert layers
+    config = json.loads((tmp_path / "mlx/config.json").read_text())
+    for base in layers:
+        # Per-layer config entries (the qwen3_moe router is 8-bit) reach the blob metadata.
+        bits = config["quantization"].get(base, {}).get("bits", 4)
+        check_layer_blob(blobs, base, f"int{bits}", 64, [".bias"])
+        for ours, theirs in (("", ".weight"), (".scale", ".scales"), (".bias", ".biases")):
+            assert raw[base + ".weight" + ours] == (mlx[base + theirs][0], mlx[base + theirs][2])
+    assert {quant[b + ".weight"][0] for b in layers} == {"int4", "int8"}
+    ollama_config = json.loads((tmp_path / "store/blobs" / ("sha256-" + manifest["config"]["digest"][7:])).read_text())
+    assert ollama_config["file_type"] == ""  # mixed types (§5)
+    # A type ollama's runner has no name for is refused, naming the layer.
+    run(stquant, "convert", shared_dir / "fixtures/hf/tiny-qwen3", "-o", tmp_path / "mlx3", "-q", "int3", "--quiet")
+    r = import_ollama(stquant, tmp_path / "mlx3", tmp_path / "store3", ok=False)
+    assert r.returncode == 2 and "layer 'model.embed_tokens' is int3" in r.stderr
+
+
+def test_ollama_requantize_and_q_error(stquant, shared_dir, tmp_path):
+    build_modelopt(shared_dir, tmp_path / "src", "tiny-llama", is_linear, "real")
+    r = import_ollama(stquant, tmp_path / "src", tmp_path / "store", "-q", "int4", ok=False)
+    assert r.returncode == 2
+    assert 'cannot requantize an already-quantized source model (requested "int4")' in r.stderr
+    assert "--requantize" in r.stderr
+    assert not (tmp_path / "store/manifests").exists()
+    r = import_ollama(stquant, tmp_path / "src", tmp_path / "store", "-q", "int4", "--requantize")
+    assert "loses accuracy" in r.stderr
+    manifest, blobs, tensors, quant, raw = read_blobs(tmp_path / "store")
+    src = read_raw(tmp_path / "src/model.safetensors")
+    # The ModelOpt dequantization rounded to bf16, quantized as ollama's policy says (v/k/down int8).
+    for base, q in (("model.layers.0.self_attn.q_proj", "int4"), ("model.layers.1.self_attn.v_proj", "int8")):
+        assert quant[base + ".weight"] == (q, 64)
+        packed = np.frombuffer(src[base + ".weight"][2], np.uint8).reshape(src[base + ".weight"][1])
+        scales = np.frombuffer(src[base + ".weight_scale"][2], np.uint8).reshape(src[base + ".weight_scale"][1])
+        ws2 = np.frombuffer(src[base + ".weight_scale_2"][2], np.float32)[0]
+        deq = mx.array(modelopt_dequant(packed, scales, ws2)).astype(mx.bfloat16)
+        want = mx.quantize(deq, group_size=64, bits=int(q[3:]))
+        got = (tensors[base + ".weight"], tensors[base + ".weight_scale"], tensors[base + ".weight_qbias"])
+        for a, b in zip(got, want):
+            assert a.dtype == b.dtype and bytes(memoryview(a)) == bytes(memoryview(b)), base
+    config = json.loads((tmp_path / "store/blobs" / ("sha256-" + manifest["config"]["digest"][7:])).read_text())
+    assert config["file_type"] == "int4"
+
+
+def test_ollama_prequant_deterministic_inspect_and_draft(stquant, shared_dir, tmp_path):
+    build_ct_nvfp4(shared_dir, tmp_path / "src", "tiny-llama", is_linear)
+    import_ollama(stquant, tmp_path / "src", tmp_path / "a")
+    import_ollama(stquant, tmp_path / "src", tmp_path / "b")
+    assert manifest_path(tmp_path / "a", "x").read_bytes() == manifest_path(tmp_path / "b", "x").read_bytes()
+    # stquant inspect reads the model back from the store.
+    r = run(stquant, "inspect", "--models-dir", tmp_path / "a", "x", "--json")
+    report = json.loads(r.stdout)
+    assert report["config"]["file_type"] == "nvfp4"
+    q = {t["name"]: (t.get("quant_type"), t.get("group_size")) for l in report["layers"] for t in l.get("tensors", [])}
+    assert q["model.layers.0.self_attn.q_proj.weight"] == ("nvfp4", "16")
+    assert q["model.norm.weight"] == (None, None)
+    # A prequantized draft: the same blobs, prefixed "draft.".
+    import_ollama(stquant, shared_dir / "fixtures/hf/tiny-qwen3", tmp_path / "d", "--draft", tmp_path / "src")
+    _, blobs, _, quant, _ = read_blobs(tmp_path / "d")
+    base = "draft.model.layers.0.self_attn.q_proj"
+    assert sorted(blobs[base + ".weight"][0]) == [base + ".weight" + s for s in ("", ".global_scale", ".scale")]
+    assert blobs[base + ".weight"][1] == {"quant_type": "nvfp4", "group_size": "16"}
+    assert quant[base + ".weight"] == ("nvfp4", 16)

@@ -103,8 +103,12 @@ TEST_F(ReaderTest, ViewFromManyThreadsMapsOnce) {
 }
 
 TEST_F(ReaderTest, PrefetchIsHarmless) {
-  for (const TensorInfo& t : reader_->tensors()) reader_->Prefetch(t);
-  reader_->Prefetch(TensorInfo{"x", DType::kU8, {100}, 0, 100});
+  for (const TensorInfo& t : reader_->tensors()) {
+    reader_->Prefetch(t, 0, t.nbytes());
+    reader_->Prefetch(t, t.nbytes() / 2, UINT64_MAX);  // clipped to the tensor
+    reader_->Prefetch(t, t.nbytes(), 1);               // past the end: nothing
+  }
+  reader_->Prefetch(TensorInfo{"x", DType::kU8, {100}, 0, 100}, 0, 100);  // not this file's: refused
 }
 
 }  // namespace
