@@ -3,9 +3,10 @@
 
 Each fixture is a real tiny model (shared/fixtures/hf) whose linear weights are quantized here into
 the source format, following the format's documented layout and arithmetic (modelopt and
-compressed-tensors need torch, which the test environment does not carry, so their layouts are
-written by hand: ModelOpt nvfp4_tensor.py / compressed-tensors pack_quantized.py and
-fp4_quantized.py). stquant imports it; our output is dequantized with pip MLX (mx.dequantize) and
+compressed-tensors need torch, which the default test environment does not carry, so their layouts
+are written by hand: ModelOpt nvfp4_tensor.py / compressed-tensors pack_quantized.py and
+fp4_quantized.py; test_prequant_real_compressors.py writes the compressed-tensors ones with the
+library itself when it is installed). stquant imports it; our output is dequantized with pip MLX (mx.dequantize) and
 compared with the source format's own dequantization formula - exact equality for the lossless
 paths - and mlx_lm.load + generate must work on it.
 """
