@@ -138,6 +138,9 @@ Result<std::string> Sha256File(const std::string& path) {
 Result<OllamaStore> OllamaStore::Open(const std::string& root) {
   if (root.empty()) return Status::InvalidArgument("no ollama model store directory given");
   std::error_code ec;
+  if (fs::exists(root, ec) && !fs::is_directory(root, ec)) {
+    return Status::InvalidArgument(fmt::format("ollama model store '{}' is not a directory", root));
+  }
   for (const char* sub : {"blobs", "manifests"}) {
     const fs::path dir = fs::path(root) / sub;
     fs::create_directories(dir, ec);
