@@ -55,7 +55,8 @@ RowBlock MaxBlock(const RowSource& source, int64_t max_bytes, int64_t col_align)
   if (source.cols <= block_elements) {
     return {0, std::clamp<int64_t>(block_elements / std::max<int64_t>(source.cols, 1), 1, source.rows), 0, source.cols};
   }
-  const int64_t align = std::lcm(std::lcm(col_align, source.col_align), 8 / std::gcd<int64_t>(bits, 8));
+  const int64_t align =
+      std::max<int64_t>(1, std::lcm(std::lcm(col_align, source.col_align), 8 / std::gcd<int64_t>(bits, 8)));
   return {0, 1, 0, std::max(align, block_elements / align * align)};
 }
 
