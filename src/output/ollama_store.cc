@@ -1,7 +1,6 @@
 #include "output/ollama_store.h"
 
 #include <fcntl.h>
-#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -50,8 +49,6 @@ struct MdContext {
   EVP_MD_CTX* ctx = EVP_MD_CTX_new();
   ~MdContext() { EVP_MD_CTX_free(ctx); }
 };
-
-bool ProcessAlive(long pid) { return pid > 0 && (::kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM); }
 
 }  // namespace
 
@@ -138,6 +135,9 @@ Result<std::string> Sha256File(const std::string& path) {
 Result<OllamaStore> OllamaStore::Open(const std::string& root) {
   if (root.empty()) return Status::InvalidArgument("no ollama model store directory given");
   std::error_code ec;
+  if (fs::exists(root, ec) && !fs::is_directory(root, ec)) {
+    return Status::InvalidArgument(fmt::format("ollama model store '{}' is not a directory", root));
+  }
   for (const char* sub : {"blobs", "manifests"}) {
     const fs::path dir = fs::path(root) / sub;
     fs::create_directories(dir, ec);
@@ -145,16 +145,12 @@ Result<OllamaStore> OllamaStore::Open(const std::string& root) {
       return Status::IoError(fmt::format("cannot create the ollama store directory '{}'", dir.string()));
     }
   }
-  // Temporary blobs of interrupted imports: ".stquant-tmp-<pid>-<n>" (and the safetensors writer's
-  // own "..stquant-tmp-<pid>-<n>.tmp-..." beside it) whose process is gone.
-  for (const auto& entry : fs::directory_iterator(fs::path(root) / "blobs", ec)) {
-    std::string file = entry.path().filename().string();
-    const size_t at = file.find(kTempPrefix);
-    if (at > 1) continue;  // also when absent (npos)
-    const long pid = std::strtol(file.c_str() + at + kTempPrefix.size(), nullptr, 10);
-    if (!ProcessAlive(pid)) fs::remove(entry.path(), ec);
-  }
+  // Temporary blobs of killed imports: "<stem>-<n>" (and the safetensors writer's own
+  // ".<stem>-<n>.tmp-..." beside it) whose lock file nobody holds.
+  const std::string blobs = root + "/blobs";
+  util::RemoveStaleTemps(blobs, std::string(kTempPrefix));
   OllamaStore store;
+  STQ_ASSIGN_OR_RETURN(store.lock_, util::TempLock::Create(blobs, std::string(kTempPrefix)));
   store.root_ = root;
   return store;
 }
@@ -165,7 +161,7 @@ std::string OllamaStore::BlobPath(const std::string& digest) const {
 }
 
 std::string OllamaStore::NewTempPath() {
-  return fmt::format("{}/blobs/{}{}-{}", root_, kTempPrefix, ::getpid(), counter_++);
+  return fmt::format("{}-{}", lock_.stem(), counter_++);
 }
 
 Result<OllamaLayer> OllamaStore::AddBlobFile(const std::string& temp_path, std::string media_type, std::string name) {

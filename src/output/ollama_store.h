@@ -3,12 +3,14 @@
 //   <root>/blobs/sha256-<64 hex>                           one file per distinct content
 //   <root>/manifests/<host>/<namespace>/<model>/<tag>      JSON manifest naming the blobs
 //
-// A blob is written to a hidden temporary file in blobs/ (".stquant-tmp-<pid>-<n>"), fsynced,
+// A blob is written to a hidden temporary file in blobs/ (".stquant-tmp-<pid>-<random>-<n>",
+// marked in use by the lock file ".stquant-tmp-<pid>-<random>.lock" the store holds), fsynced,
 // hashed and renamed onto its digest name; when that name exists already (the same bytes from an
 // earlier import or another model) the temporary file is dropped and the existing blob reused.
 // So a file named sha256-<hex> always holds exactly the bytes of that digest, even after a crash.
 // The manifest is written last, atomically, so an interrupted import leaves no model visible;
-// temporary files of dead processes are removed when a store is opened.
+// temporary files whose lock nobody holds (killed processes) are removed when a store is opened,
+// never those of a concurrent import.
 #pragma once
 
 #include <cstdint>
@@ -18,6 +20,7 @@
 #include <nlohmann/json.hpp>
 
 #include "stquant/status.h"
+#include "util/file.h"
 
 namespace stquant::output {
 
@@ -64,7 +67,7 @@ std::string Sha256Hex(const std::string& bytes);
 class OllamaStore {
  public:
   // Creates <root>/blobs and <root>/manifests when missing; removes temporary blob files left by
-  // processes that no longer run.
+  // killed processes.
   static Result<OllamaStore> Open(const std::string& root);
   // For reading only (ReadManifest, BlobPath): creates and removes nothing.
   static OllamaStore OpenForReading(const std::string& root) {
@@ -90,6 +93,7 @@ class OllamaStore {
 
  private:
   std::string root_;
+  util::TempLock lock_;  // Open only: marks this store's temporary blobs as in use
   uint64_t counter_ = 0;
 };
 

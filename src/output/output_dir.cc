@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <filesystem>
 #include <vector>
 
@@ -18,9 +19,11 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string TempNameFor(const fs::path& target) {
-  return (target.parent_path() / ("." + target.filename().string() + ".stquant-tmp-" + std::to_string(::getpid())))
-      .string();
+std::string TempPrefixFor(const fs::path& target) { return "." + target.filename().string() + ".stquant-tmp-"; }
+
+Status AlreadyExists(const std::string& target) {
+  return Status::InvalidArgument(
+      fmt::format("output '{}' already exists: it appeared while converting (use --force to replace it)", target));
 }
 
 Status FsyncPath(const std::string& path, bool directory) {
@@ -47,22 +50,21 @@ Result<OutputDir> OutputDir::Create(const std::string& target, bool replace) {
   if (fs::exists(fs::symlink_status(path, ec)) && !replace) {
     return Status::InvalidArgument(fmt::format("output '{}' already exists (use --force to replace it)", target));
   }
-  // Leftovers of interrupted runs to this target (any pid) go first.
-  const std::string prefix = "." + path.filename().string() + ".stquant-tmp-";
-  for (const auto& entry : fs::directory_iterator(path.parent_path(), ec)) {
-    if (entry.path().filename().string().rfind(prefix, 0) == 0) fs::remove_all(entry.path(), ec);
-  }
+  // Leftovers of killed runs to this target go first; those of runs still going stay.
+  const std::string parent = path.parent_path().string();
+  util::RemoveStaleTemps(parent, TempPrefixFor(path));
   OutputDir dir;
+  STQ_ASSIGN_OR_RETURN(dir.lock_, util::TempLock::Create(parent, TempPrefixFor(path)));
   dir.target_ = path.string();
-  dir.temp_ = TempNameFor(path);
+  dir.temp_ = dir.lock_.stem();
   dir.replace_ = replace;
   if (::mkdir(dir.temp_.c_str(), 0755) != 0) return Status::FromErrno("mkdir", dir.temp_, errno);
   return dir;
 }
 
 OutputDir::OutputDir(OutputDir&& other) noexcept
-    : target_(std::move(other.target_)), temp_(std::move(other.temp_)), replace_(other.replace_),
-      committed_(other.committed_) {
+    : lock_(std::move(other.lock_)), target_(std::move(other.target_)), temp_(std::move(other.temp_)),
+      replace_(other.replace_), committed_(other.committed_) {
   other.committed_ = true;  // the moved-from object owns nothing
 }
 
@@ -72,13 +74,42 @@ OutputDir::~OutputDir() {
   fs::remove_all(temp_, ec);
 }
 
+namespace {
+
+// renameat2 with RENAME_NOREPLACE or RENAME_EXCHANGE: 0, else errno.
+int Rename2(const std::string& from, const std::string& to, unsigned int flags) {
+  return ::renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, to.c_str(), flags) == 0 ? 0 : errno;
+}
+
+}  // namespace
+
 Status OutputDir::Commit() {
   STQ_RETURN_IF_ERROR(FsyncPath(temp_, /*directory=*/true));
+  // Atomically: put the temporary directory in place only where no target exists, or (replace)
+  // swap it with the target, so that a concurrent run never sees or leaves a mixed directory.
+  int err = 0;
+  for (int attempt = 0; attempt < 8; ++attempt) {
+    err = Rename2(temp_, target_, RENAME_NOREPLACE);
+    if (err != EEXIST && err != ENOTEMPTY) break;
+    if (!replace_) return AlreadyExists(target_);
+    err = Rename2(temp_, target_, RENAME_EXCHANGE);
+    if (err != ENOENT) break;  // ENOENT: the target went away meanwhile; try again
+  }
+  if (err == EINVAL || err == ENOSYS) return CommitByRenames();  // a filesystem without renameat2 flags
+  if (err != 0) return Status::FromErrno("rename", temp_, err);
+  committed_ = true;
+  // After an exchange the old target is at the temporary name.
+  std::error_code ec;
+  fs::remove_all(temp_, ec);
+  return FsyncPath(fs::path(target_).parent_path().string(), /*directory=*/true);
+}
+
+Status OutputDir::CommitByRenames() {
   std::error_code ec;
   std::string old;
   if (fs::exists(fs::symlink_status(target_, ec))) {
-    if (!replace_) return Status::InvalidArgument(fmt::format("output '{}' appeared while converting", target_));
-    old = target_ + ".stquant-old-" + std::to_string(::getpid());
+    if (!replace_) return AlreadyExists(target_);
+    old = temp_ + ".old";  // a temporary name of this run: removed as stale if it is killed
     if (::rename(target_.c_str(), old.c_str()) != 0) return Status::FromErrno("rename", target_, errno);
   }
   if (::rename(temp_.c_str(), target_.c_str()) != 0) {

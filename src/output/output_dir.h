@@ -1,13 +1,17 @@
 // The output directory of a conversion, made atomic: everything is written into a temporary
-// directory beside the target ("<parent>/.<name>.stquant-tmp-<pid>") that is renamed onto the
-// target only when complete. An uncommitted OutputDir (error, exception, early return) deletes
-// its temporary directory; a killed process leaves only a hidden temporary directory, which the
-// next conversion to the same target removes.
+// directory beside the target ("<parent>/.<name>.stquant-tmp-<pid>-<random>", with a lock file of
+// the same name + ".lock" held while it is in use) that is renamed onto the target only when
+// complete. An uncommitted OutputDir (error, exception, early return) deletes its temporary
+// directory; a killed process leaves only hidden temporaries, which the next conversion to the
+// same target removes. Concurrent conversions to one target keep their own temporaries: the first
+// to finish creates the target, the others fail ("already exists") or, with replace, swap theirs
+// in atomically.
 #pragma once
 
 #include <string>
 
 #include "stquant/status.h"
+#include "util/file.h"
 
 namespace stquant::output {
 
@@ -26,11 +30,13 @@ class OutputDir {
   std::string PathOf(const std::string& file) const { return temp_ + "/" + file; }
 
   // fsyncs the temporary directory, renames it onto the target (replacing an existing target when
-  // allowed) and fsyncs the parent.
+  // allowed) and fsyncs the parent. InvalidArgument when the target exists and may not be replaced.
   Status Commit();
 
  private:
   OutputDir() = default;
+  Status CommitByRenames();
+  util::TempLock lock_;
   std::string target_;
   std::string temp_;
   bool replace_ = false;

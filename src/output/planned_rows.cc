@@ -18,10 +18,7 @@ RowSource PlannedRows(const Inventory& inv, const PlannedTensor& t, QuantProfile
   RowSource source;
   source.name = fmt::format("{}: tensor '{}'", inv.path(), t.name);
   source.dtype = t.dtype;
-  source.cols = t.shape.empty() ? 1 : t.shape.back();
-  int64_t elements = 1;
-  for (int64_t d : t.shape) elements *= d;
-  source.rows = source.cols == 0 ? 0 : elements / source.cols;
+  SetRowShape(source, t.shape, static_cast<int64_t>(t.sources.size()));
   // One piece per source tensor (stacked experts), and per expert of a 3-D block-FP8 source
   // (each expert has its own scale matrix).
   const int64_t rows_per_source = std::max<int64_t>(1, source.rows / static_cast<int64_t>(t.sources.size()));
@@ -29,41 +26,47 @@ RowSource PlannedRows(const Inventory& inv, const PlannedTensor& t, QuantProfile
   source.rows_per_piece = fp8_3d ? std::max<int64_t>(1, t.shape[1]) : rows_per_source;
   const int64_t rows_per_piece = source.rows_per_piece;
   const int64_t cols = source.cols;
-  source.read = [&inv, &t, rows_per_source, rows_per_piece, cols, profile](int64_t first, int64_t count,
+  source.read = [&inv, &t, rows_per_source, rows_per_piece, cols, profile](const RowBlock& block,
                                                                            uint8_t* out) -> Status {
-    const PlannedSource& piece = t.sources[first / rows_per_source];
-    const int64_t local = first % rows_per_source;
+    const PlannedSource& piece = t.sources[block.first / rows_per_source];
+    const int64_t local = block.first % rows_per_source;
     const model::TensorRef* ref = inv.Find(piece.tensor);
     const safetensors::Reader& reader = *inv.shards()[ref->shard].reader;
     const TensorInfo& info = *ref->info;
-    const uint64_t source_row_bytes = static_cast<uint64_t>(cols) * DTypeBits(info.dtype) / 8;
-    if (t.transform == TensorTransform::kCopy) {
-      return reader.Read(info, local * source_row_bytes, {out, count * source_row_bytes});
-    }
-    std::vector<uint8_t> raw(count * source_row_bytes);
-    STQ_RETURN_IF_ERROR(reader.Read(info, local * source_row_bytes, raw));
+    const uint64_t offset = BytesOf(local * cols + block.col, info.dtype);
+    const int64_t elements = block.elements();
+    if (t.transform == TensorTransform::kCopy) return reader.Read(info, offset, {out, BytesOf(elements, info.dtype)});
+    std::vector<uint8_t> raw(BytesOf(elements, info.dtype));
+    STQ_RETURN_IF_ERROR(reader.Read(info, offset, raw));
     DType values_dtype = info.dtype;
     std::vector<uint8_t> decoded;
     const uint8_t* values = raw.data();
     if (t.transform == TensorTransform::kDecodeFp8) {
       const model::TensorRef* scale_ref = inv.Find(piece.fp8_scale);
       const TensorInfo& scale_info = *scale_ref->info;
-      // The scale matrix of the expert (3-D) or of the whole weight (2-D): a few KiB.
+      const safetensors::Reader& scale_reader = *inv.shards()[scale_ref->shard].reader;
+      // The scales covering the block, row by row of the scale matrix of the expert (3-D) or of the
+      // whole weight (2-D).
       const int64_t expert = local / rows_per_piece;
-      const uint64_t expert_scale_bytes =
-          scale_info.nbytes() / (info.shape.size() == 3 ? static_cast<uint64_t>(info.shape[0]) : 1);
-      std::vector<uint8_t> scales(expert_scale_bytes);
-      STQ_RETURN_IF_ERROR(
-          inv.shards()[scale_ref->shard].reader->Read(scale_info, expert * expert_scale_bytes, scales));
-      decoded.resize(count * cols * 2);
-      const int64_t nan_code =
-          DecodeBlockFp8Rows(profile, raw.data(), local % rows_per_piece, count, cols, scales.data(), scale_info.dtype,
-                             reinterpret_cast<uint16_t*>(decoded.data()));
+      const int64_t first_row = local % rows_per_piece;
+      const int64_t scale_cols = (cols + kFp8BlockSize - 1) / kFp8BlockSize;
+      const int64_t scale_rows = (rows_per_piece + kFp8BlockSize - 1) / kFp8BlockSize;
+      const int scale_bytes = DTypeBits(scale_info.dtype) / 8;
+      const Fp8ScaleWindow window = ScaleWindow(first_row, block.count, block.col, block.cols);
+      std::vector<uint8_t> scales(window.rows * window.cols * scale_bytes);
+      for (int64_t r = 0; r < window.rows; ++r) {
+        const int64_t at = (expert * scale_rows + window.first_row + r) * scale_cols + window.first_col;
+        STQ_RETURN_IF_ERROR(scale_reader.Read(
+            scale_info, at * scale_bytes, {scales.data() + r * window.cols * scale_bytes, static_cast<size_t>(window.cols * scale_bytes)}));
+      }
+      decoded.resize(elements * 2);
+      const int64_t nan_code = DecodeBlockFp8Rows(profile, raw.data(), first_row, block.count, block.col, block.cols,
+                                                  scales.data(), scale_info.dtype, reinterpret_cast<uint16_t*>(decoded.data()));
       if (nan_code >= 0) {
         return Status::InvalidInput(fmt::format(
             "{}: tensor '{}': element {} is the E4M3 NaN code 0x{:02X} (use --profile mlx-cpu-0.32.2 to read it as "
             "+-480 as MLX 0.32.2 did)",
-            reader.path(), info.name, local * cols + nan_code, raw[nan_code]));
+            reader.path(), info.name, local * cols + block.col + nan_code, raw[nan_code]));
       }
       values = decoded.data();
       values_dtype = DType::kBF16;
@@ -73,7 +76,7 @@ RowSource PlannedRows(const Inventory& inv, const PlannedTensor& t, QuantProfile
       }
     }
     // MLX astype between float dtypes: through float32, rounding to nearest even.
-    for (int64_t i = 0; i < count * cols; ++i) {
+    for (int64_t i = 0; i < elements; ++i) {
       quant::StoreElement(t.dtype, out, i, quant::LoadElement(values_dtype, values, i));
     }
     return Status::Ok();

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstring>
 #include <map>
+#include <numeric>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -288,10 +289,7 @@ RowSource PrequantLayerRows(const Inventory& inv, const model::PrequantLayer& la
   RowSource source;
   source.name = fmt::format("{}: layer '{}'", inv.path(), layer.path);
   source.dtype = dtype;
-  source.cols = shape.back();
-  int64_t elements = 1;
-  for (int64_t d : shape) elements *= d;
-  source.rows = elements / source.cols;
+  SetRowShape(source, shape, 1);
   const PrequantTensor* weight = nullptr;
   const PrequantTensor* scales = nullptr;
   const PrequantTensor* biases = nullptr;
@@ -309,16 +307,26 @@ RowSource PrequantLayerRows(const Inventory& inv, const model::PrequantLayer& la
   source.rows_per_piece = rows_per_expert;
   const QuantSpec spec = layer.spec;
   const int64_t cols = source.cols;
+  // A part of a row holds whole source groups and whole packed words.
+  source.col_align = std::lcm<int64_t>(layer.spec.group_size, 32);
   source.read = [&inv, weight, scales, biases, global, spec, cols, dtype, kind, rows_per_source, rows_per_expert](
-                    int64_t first, int64_t count, uint8_t* out) -> Status {
+                    const RowBlock& block, uint8_t* out) -> Status {
+    const int64_t first = block.first, count = block.count;
     const int64_t piece = first / rows_per_source;
     const int64_t local = first % rows_per_source;
-    const int64_t words = cols * spec.bits / 32, groups = cols / spec.group_size;
-    // Packed codes: rows of `words` U32 (row selection for gpt-oss gate/up).
-    auto read_rows = [&](const PrequantTensor* t, int64_t row_bytes, std::vector<uint8_t>& buf) -> Status {
+    // Source words and groups per row, of the block's rows, and before its first column.
+    const int64_t words = block.cols * spec.bits / 32, groups = block.cols / spec.group_size;
+    const int64_t row_groups = cols / spec.group_size, first_group = block.col / spec.group_size;
+    // From each of the block's rows of `t` (rows of `per_row` words or scales of `bytes` bytes),
+    // `elements` of them after the first `skip` (row selection for gpt-oss gate/up).
+    auto read_rows = [&](const PrequantTensor* t, int64_t per_row, int64_t skip, int64_t elements, int bytes,
+                         std::vector<uint8_t>& buf) -> Status {
       const Source src = Find(inv, t->sources[piece]);
-      buf.resize(count * row_bytes);
-      if (t->op != PrequantOp::kSelectRows) return src.reader->Read(*src.info, local * row_bytes, buf);
+      buf.resize(count * elements * bytes);
+      if (t->op != PrequantOp::kSelectRows) {
+        // Whole rows, or a part of one row: consecutive either way.
+        return src.reader->Read(*src.info, (local * per_row + skip) * bytes, buf);
+      }
       // gpt-oss: rows `offset + stride * r` of the source's row axis, per expert.
       const int64_t src_rows = src.info->shape[t->axis];
       const int64_t out_rows = src_rows / t->stride;
@@ -326,20 +334,22 @@ RowSource PrequantLayerRows(const Inventory& inv, const model::PrequantLayer& la
         const int64_t row = local + r;
         const int64_t expert = row / out_rows, within = row % out_rows;
         const int64_t src_row = expert * src_rows + t->offset + within * t->stride;
-        STQ_RETURN_IF_ERROR(src.reader->Read(*src.info, src_row * row_bytes, {buf.data() + r * row_bytes, (size_t)row_bytes}));
+        STQ_RETURN_IF_ERROR(src.reader->Read(*src.info, (src_row * per_row + skip) * bytes,
+                                             {buf.data() + r * elements * bytes, static_cast<size_t>(elements * bytes)}));
       }
       return Status::Ok();
     };
     std::vector<uint8_t> w, s, b;
-    STQ_RETURN_IF_ERROR(read_rows(weight, words * 4, w));
+    STQ_RETURN_IF_ERROR(read_rows(weight, cols * spec.bits / 32, block.col * spec.bits / 32, words, 4, w));
     const DType scale_dtype = spec.mode == QuantMode::kAffine ? Find(inv, scales->sources[piece]).info->dtype : DType::kU8;
-    STQ_RETURN_IF_ERROR(read_rows(scales, groups * DTypeBits(scale_dtype) / 8, s));
-    std::vector<float> values(count * cols);
+    const int scale_bytes = DTypeBits(scale_dtype) / 8;
+    STQ_RETURN_IF_ERROR(read_rows(scales, row_groups, first_group, groups, scale_bytes, s));
+    std::vector<float> values(block.elements());
     if (spec.mode == QuantMode::kNvfp4 && kind != model::SourceKind::kMlx) {
       const bool inverted = scales->inverted || (global && global->inverted);
       const std::string scalar = global ? global->sources[piece] : scales->aux[piece];
       STQ_ASSIGN_OR_RETURN(const float g, ReadScalar(inv, scalar));
-      for (int64_t i = 0; i < count * cols; ++i) {
+      for (int64_t i = 0; i < block.elements(); ++i) {
         const uint8_t code = (w[i / 2] >> (4 * (i % 2))) & 0xF;
         const uint8_t byte = s[i / 16];
         float block = SourceBlockScale(byte, g, inverted);
@@ -347,7 +357,7 @@ RowSource PrequantLayerRows(const Inventory& inv, const model::PrequantLayer& la
         values[i] = numeric::E2M1ToFloat(code) * block;
       }
     } else if (spec.mode == QuantMode::kMxfp4 && kind == model::SourceKind::kGptOssMxfp4) {
-      for (int64_t i = 0; i < count * cols; ++i) {
+      for (int64_t i = 0; i < block.elements(); ++i) {
         const uint8_t code = (w[i / 2] >> (4 * (i % 2))) & 0xF;
         values[i] = std::ldexp(numeric::E2M1ToFloat(code), static_cast<int>(s[i / 32]) - 127);
       }
@@ -362,7 +372,7 @@ RowSource PrequantLayerRows(const Inventory& inv, const model::PrequantLayer& la
       const uint32_t mask = (1u << spec.bits) - 1;
       for (int64_t r = 0; r < count; ++r) {
         const int64_t row = local + r;
-        for (int64_t k = 0; k < cols; ++k) {
+        for (int64_t k = 0; k < block.cols; ++k) {
           uint32_t word;
           std::memcpy(&word, w.data() + (r * words + k / pack) * 4, 4);
           const int code = static_cast<int>((word >> (spec.bits * (k % pack))) & mask);
@@ -370,16 +380,16 @@ RowSource PrequantLayerRows(const Inventory& inv, const model::PrequantLayer& la
           int c = 1 << (spec.bits - 1);
           if (!zero.empty()) {
             uint32_t zw;
-            std::memcpy(&zw, zero.data() + ((row / pack) * groups + grp) * 4, 4);
+            std::memcpy(&zw, zero.data() + ((row / pack) * row_groups + first_group + grp) * 4, 4);
             c = static_cast<int>((zw >> (spec.bits * (row % pack))) & mask);
           }
           const float scale = quant::LoadElement(scale_dtype, s.data(), r * groups + grp);
-          values[r * cols + k] = quant::RoundTo(scale_dtype, static_cast<float>(code - c) * scale);
+          values[r * block.cols + k] = quant::RoundTo(scale_dtype, static_cast<float>(code - c) * scale);
         }
       }
     } else {
       // An MLX source: MLX's own dequantize.
-      if (biases) STQ_RETURN_IF_ERROR(read_rows(biases, groups * DTypeBits(scale_dtype) / 8, b));
+      if (biases) STQ_RETURN_IF_ERROR(read_rows(biases, row_groups, first_group, groups, scale_bytes, b));
       float gs = 0;
       if (global) {
         const Source src = Find(inv, global->sources[piece]);
@@ -390,12 +400,12 @@ RowSource PrequantLayerRows(const Inventory& inv, const model::PrequantLayer& la
       dq.global_scale = global != nullptr;
       STQ_RETURN_IF_ERROR(DequantizeRows(dq, scale_dtype,
                                          {reinterpret_cast<const uint32_t*>(w.data()), s.data(), b.empty() ? nullptr : b.data()},
-                                         count, cols, gs, DType::kF32, values.data()));
+                                         count, block.cols, gs, DType::kF32, values.data()));
     }
-    for (int64_t i = 0; i < count * cols; ++i) {
+    for (int64_t i = 0; i < block.elements(); ++i) {
       if (!std::isfinite(values[i])) {
         return Status::InvalidInput(fmt::format("{}: layer '{}': dequantized element {} is not finite", inv.path(),
-                                                weight->layer, (first + i / cols) * cols + i % cols));
+                                                weight->layer, first * cols + block.col + i));
       }
       quant::StoreElement(dtype, out, i, values[i]);
     }

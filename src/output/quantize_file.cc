@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <charconv>
 #include <cstring>
+#include <filesystem>
 #include <map>
 #include <regex>
 #include <set>
@@ -98,6 +99,23 @@ std::map<std::string, std::string> QuantMetadata(const std::vector<TensorJob>& j
   return metadata;
 }
 
+// The command-line mistakes about the two paths, as usage errors before any work: a missing
+// input, an output that is a directory or whose directory does not exist.
+Status CheckFilePaths(const std::string& input_path, const std::string& output_path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (!fs::exists(input_path, ec)) return Status::InvalidArgument("'" + input_path + "': no such file or directory");
+  if (fs::is_directory(output_path, ec)) {
+    return Status::InvalidArgument(fmt::format("output '{}' is a directory; give the name of a .safetensors file", output_path));
+  }
+  const fs::path parent = fs::path(output_path).parent_path();
+  if (!parent.empty() && !fs::is_directory(parent, ec)) {
+    return Status::InvalidArgument(
+        fmt::format("output '{}': '{}' is not a directory", output_path, parent.string()));
+  }
+  return Status::Ok();
+}
+
 }  // namespace
 
 Status QuantizeFile(const std::string& input_path, const std::string& output_path,
@@ -113,6 +131,7 @@ Status QuantizeFile(const std::string& input_path, const std::string& output_pat
                                                  options.tensor_regex, e.what()));
     }
   }
+  STQ_RETURN_IF_ERROR(CheckFilePaths(input_path, output_path));
   STQ_ASSIGN_OR_RETURN(std::unique_ptr<Reader> reader, Reader::Open(input_path));
 
   std::vector<TensorJob> jobs;
@@ -297,6 +316,7 @@ Result<QuantSpec> LayerSpec(const Reader& reader, const QuantizedLayer& layer, c
 
 Status DequantizeFile(const std::string& input_path, const std::string& output_path,
                       const DequantizeFileOptions& options) {
+  STQ_RETURN_IF_ERROR(CheckFilePaths(input_path, output_path));
   STQ_ASSIGN_OR_RETURN(std::unique_ptr<Reader> reader, Reader::Open(input_path));
   // Find every scales tensor and its companions, in either naming.
   std::vector<QuantizedLayer> layers;

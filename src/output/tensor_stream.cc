@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <mutex>
+#include <numeric>
 #include <vector>
 
 #include <fmt/format.h>
@@ -16,40 +17,59 @@ namespace {
 
 int ElementBytes(DType dtype) { return DTypeBits(dtype) / 8; }
 
-int64_t RowsPerBlock(int64_t row_bytes) {
-  return std::max<int64_t>(1, static_cast<int64_t>(kBlockBytes) / std::max<int64_t>(row_bytes, 1));
-}
-
 std::string TensorContext(const safetensors::Reader& reader, const std::string& name) {
   return fmt::format("{}: tensor '{}'", reader.path(), name);
 }
 
 }  // namespace
 
+void SetRowShape(RowSource& source, std::span<const int64_t> shape, int64_t pieces) {
+  int64_t elements = 1;
+  for (int64_t d : shape) elements *= d;
+  source.cols = shape.empty() ? 1 : shape.back();
+  if (DTypeBits(source.dtype) % 8 != 0 && elements > 0) source.cols = elements / pieces;
+  source.rows = source.cols == 0 ? 0 : elements / source.cols;
+}
+
 RowSource ReaderRows(const safetensors::Reader& reader, const safetensors::TensorInfo& tensor) {
   RowSource source;
   source.name = TensorContext(reader, tensor.name);
   source.dtype = tensor.dtype;
-  source.cols = tensor.shape.empty() ? 1 : tensor.shape.back();
-  source.rows = source.cols == 0 ? 0 : tensor.num_elements() / source.cols;
+  SetRowShape(source, tensor.shape, 1);
   source.rows_per_piece = std::max<int64_t>(source.rows, 1);
-  const uint64_t row_bytes = static_cast<uint64_t>(source.cols) * DTypeBits(tensor.dtype) / 8;
-  source.read = [&reader, &tensor, row_bytes](int64_t first, int64_t count, uint8_t* out) {
-    return reader.Read(tensor, first * row_bytes, {out, count * row_bytes});
+  const int64_t cols = source.cols;
+  source.read = [&reader, &tensor, cols](const RowBlock& block, uint8_t* out) {
+    return reader.Read(tensor, BytesOf(block.first * cols + block.col, tensor.dtype),
+                       {out, BytesOf(block.elements(), tensor.dtype)});
   };
   return source;
 }
 
 namespace {
 
-// Calls fn(first, count) for consecutive blocks of at most `block_rows` rows that never cross a
-// piece boundary.
-Status ForEachBlock(const RowSource& source, int64_t block_rows,
-                    const std::function<Status(int64_t first, int64_t count)>& fn) {
+// The largest block of `source` of at most `max_bytes`: whole rows, or a part of one row, a
+// multiple of `col_align` (and of the source's) columns, starting on a byte boundary (F4, F6).
+RowBlock MaxBlock(const RowSource& source, int64_t max_bytes, int64_t col_align) {
+  const int64_t bits = DTypeBits(source.dtype);
+  const int64_t block_elements = max_bytes * 8 / bits;
+  if (source.cols <= block_elements) {
+    return {0, std::clamp<int64_t>(block_elements / std::max<int64_t>(source.cols, 1), 1, source.rows), 0, source.cols};
+  }
+  const int64_t align =
+      std::max<int64_t>(1, std::lcm(std::lcm(col_align, source.col_align), 8 / std::gcd<int64_t>(bits, 8)));
+  return {0, 1, 0, std::max(align, block_elements / align * align)};
+}
+
+// Calls fn for consecutive blocks no larger than `max` (from MaxBlock) that never cross a piece
+// boundary.
+Status ForEachBlock(const RowSource& source, const RowBlock& max,
+                    const std::function<Status(const RowBlock& block)>& fn) {
   for (int64_t first = 0; first < source.rows;) {
     const int64_t piece_end = (first / source.rows_per_piece + 1) * source.rows_per_piece;
-    const int64_t count = std::min({block_rows, source.rows - first, piece_end - first});
-    STQ_RETURN_IF_ERROR(fn(first, count));
+    const int64_t count = std::min({max.count, source.rows - first, piece_end - first});
+    for (int64_t col = 0; col < source.cols; col += max.cols) {
+      STQ_RETURN_IF_ERROR(fn({first, count, col, std::min(max.cols, source.cols - col)}));
+    }
     first += count;
   }
   return Status::Ok();
@@ -60,16 +80,10 @@ Status ForEachBlock(const RowSource& source, int64_t block_rows,
 // computing and writing run on every core at once instead of one stage after the other.
 constexpr int64_t kTaskBytes = 256 << 10;
 
-struct RowBlock {
-  int64_t first = 0;
-  int64_t count = 0;
-};
-
-std::vector<RowBlock> TaskBlocks(const RowSource& source, int64_t row_bytes) {
-  const int64_t block_rows = std::max<int64_t>(1, kTaskBytes / std::max<int64_t>(row_bytes, 1));
+std::vector<RowBlock> TaskBlocks(const RowSource& source, int64_t col_align) {
   std::vector<RowBlock> blocks;
-  (void)ForEachBlock(source, block_rows, [&](int64_t first, int64_t count) {
-    blocks.push_back({first, count});
+  (void)ForEachBlock(source, MaxBlock(source, kTaskBytes, col_align), [&](const RowBlock& block) {
+    blocks.push_back(block);
     return Status::Ok();
   });
   return blocks;
@@ -84,22 +98,26 @@ uint8_t* ScratchBuffer(int slot, size_t bytes) {
   return buffer.data();
 }
 
-// Runs fn over the blocks on up to `threads` threads; `progress` (optional) is called with each
-// block's input bytes, one call at a time.
-Status ForEachTask(const RowSource& source, int64_t row_bytes, int threads,
+// Runs fn over the task blocks (parts of a row: multiples of `col_align` columns) on up to
+// `threads` threads; `progress` (optional) is called with each block's input bytes, one call at a
+// time.
+Status ForEachTask(const RowSource& source, int64_t col_align, int threads,
                    const std::function<void(uint64_t)>& progress,
                    const std::function<Status(const RowBlock&)>& fn) {
-  const std::vector<RowBlock> blocks = TaskBlocks(source, row_bytes);
+  const std::vector<RowBlock> blocks = TaskBlocks(source, col_align);
   std::mutex progress_mutex;
   return util::ParallelFor(static_cast<int64_t>(blocks.size()), threads, [&](int64_t i) -> Status {
     STQ_RETURN_IF_ERROR(fn(blocks[i]));
     if (progress) {
       std::lock_guard<std::mutex> lock(progress_mutex);
-      progress(static_cast<uint64_t>(blocks[i].count * row_bytes));
+      progress(BytesOf(blocks[i].elements(), source.dtype));
     }
     return Status::Ok();
   });
 }
+
+// A part of a row holds whole groups and whole packed words.
+int64_t GroupAlign(const QuantSpec& spec) { return std::lcm<int64_t>(spec.group_size, 32); }
 
 }  // namespace
 
@@ -107,23 +125,22 @@ Status CopyRows(const RowSource& source, const WriteTarget& target, int threads,
                 const std::function<void(uint64_t)>& progress) {
   // A zero-size tensor may declare any last dimension: allocate nothing for it.
   if (source.rows == 0) return Status::Ok();
-  const int64_t row_bytes = source.cols * DTypeBits(source.dtype) / 8;
-  return ForEachTask(source, row_bytes, threads, progress, [&](const RowBlock& block) -> Status {
-    std::span<uint8_t> piece(ScratchBuffer(0, block.count * row_bytes), block.count * row_bytes);
-    STQ_RETURN_IF_ERROR(source.read(block.first, block.count, piece.data()));
-    return target.Write(block.first * row_bytes, piece);
+  return ForEachTask(source, 1, threads, progress, [&](const RowBlock& block) -> Status {
+    const uint64_t bytes = BytesOf(block.elements(), source.dtype);
+    std::span<uint8_t> piece(ScratchBuffer(0, bytes), bytes);
+    STQ_RETURN_IF_ERROR(source.read(block, piece.data()));
+    return target.Write(BytesOf(block.first * source.cols + block.col, source.dtype), piece);
   });
 }
 
 Result<float> RowsAbsMax(const RowSource& source) {
   if (source.rows == 0) return 0.0f;
-  const int64_t row_bytes = source.cols * DTypeBits(source.dtype) / 8;
-  const int64_t block_rows = std::max<int64_t>(1, std::min<int64_t>(source.rows, RowsPerBlock(row_bytes)));
-  std::vector<uint8_t> buffer(block_rows * row_bytes);
+  const RowBlock max = MaxBlock(source, kBlockBytes, 1);
+  std::vector<uint8_t> buffer(BytesOf(max.elements(), source.dtype));
   float amax = 0.0f;
-  STQ_RETURN_IF_ERROR(ForEachBlock(source, block_rows, [&](int64_t first, int64_t count) -> Status {
-    STQ_RETURN_IF_ERROR(source.read(first, count, buffer.data()));
-    const float block_max = AbsMax(source.dtype, buffer.data(), count * source.cols);
+  STQ_RETURN_IF_ERROR(ForEachBlock(source, max, [&](const RowBlock& block) -> Status {
+    STQ_RETURN_IF_ERROR(source.read(block, buffer.data()));
+    const float block_max = AbsMax(source.dtype, buffer.data(), block.elements());
     if (!std::isfinite(block_max)) {
       return Status::InvalidInput(fmt::format("{}: holds NaN or Inf values, which cannot be quantized", source.name));
     }
@@ -137,28 +154,33 @@ Status QuantizeRowSource(const RowSource& source, const QuantSpec& spec, float g
                          const QuantizedTargets& targets, int threads, const std::function<void(uint64_t)>& progress) {
   if (source.rows == 0) return Status::Ok();
   const int64_t cols = source.cols;
-  const int64_t row_bytes = cols * ElementBytes(source.dtype);
   const int64_t packed_row_bytes = PackedWordsPerRow(spec, cols) * 4;
-  const int64_t scale_row_bytes = GroupsPerRow(spec, cols) * ElementBytes(ScaleDType(spec, source.dtype));
-  return ForEachTask(source, row_bytes, threads, progress, [&](const RowBlock& block) -> Status {
-    uint8_t* input = ScratchBuffer(0, block.count * row_bytes);
-    auto* packed = reinterpret_cast<uint32_t*>(ScratchBuffer(1, block.count * packed_row_bytes));
-    uint8_t* scales = ScratchBuffer(2, block.count * scale_row_bytes);
-    uint8_t* biases = targets.biases ? ScratchBuffer(3, block.count * scale_row_bytes) : nullptr;
-    STQ_RETURN_IF_ERROR(source.read(block.first, block.count, input));
-    Status status = QuantizeRows(spec, source.dtype, input, block.count, cols, global_scale, {packed, scales, biases});
+  const int scale_bytes = ElementBytes(ScaleDType(spec, source.dtype));
+  const int64_t scale_row_bytes = GroupsPerRow(spec, cols) * scale_bytes;
+  return ForEachTask(source, GroupAlign(spec), threads, progress, [&](const RowBlock& block) -> Status {
+    const uint64_t packed_bytes = block.count * PackedWordsPerRow(spec, block.cols) * 4;
+    const uint64_t block_scale_bytes = block.count * GroupsPerRow(spec, block.cols) * scale_bytes;
+    uint8_t* input = ScratchBuffer(0, BytesOf(block.elements(), source.dtype));
+    auto* packed = reinterpret_cast<uint32_t*>(ScratchBuffer(1, packed_bytes));
+    uint8_t* scales = ScratchBuffer(2, block_scale_bytes);
+    uint8_t* biases = targets.biases ? ScratchBuffer(3, block_scale_bytes) : nullptr;
+    STQ_RETURN_IF_ERROR(source.read(block, input));
+    Status status =
+        QuantizeRows(spec, source.dtype, input, block.count, block.cols, global_scale, {packed, scales, biases});
+    const int64_t first_element = block.first * cols + block.col;
     if (!status.ok()) {
       if (status.code() == StatusCode::kInvalidInput) {
         // The kernel counts elements from the start of the block: count from the tensor's start.
-        const int64_t bad = quant::FindNonFinite(source.dtype, input, block.count * cols);
-        if (bad >= 0) return quant::NonFiniteError(source.dtype, input, bad, block.first * cols).Annotate(source.name);
+        const int64_t bad = quant::FindNonFinite(source.dtype, input, block.elements());
+        if (bad >= 0) return quant::NonFiniteError(source.dtype, input, bad, first_element).Annotate(source.name);
       }
       return status.Annotate(source.name);
     }
-    const uint64_t packed_bytes = block.count * packed_row_bytes, scale_bytes = block.count * scale_row_bytes;
-    STQ_RETURN_IF_ERROR(targets.packed.Write(block.first * packed_row_bytes, {reinterpret_cast<uint8_t*>(packed), packed_bytes}));
-    STQ_RETURN_IF_ERROR(targets.scales.Write(block.first * scale_row_bytes, {scales, scale_bytes}));
-    if (targets.biases) STQ_RETURN_IF_ERROR(targets.biases->Write(block.first * scale_row_bytes, {biases, scale_bytes}));
+    const uint64_t packed_offset = block.first * packed_row_bytes + PackedWordsPerRow(spec, block.col) * 4;
+    const uint64_t scale_offset = block.first * scale_row_bytes + GroupsPerRow(spec, block.col) * scale_bytes;
+    STQ_RETURN_IF_ERROR(targets.packed.Write(packed_offset, {reinterpret_cast<uint8_t*>(packed), packed_bytes}));
+    STQ_RETURN_IF_ERROR(targets.scales.Write(scale_offset, {scales, block_scale_bytes}));
+    if (targets.biases) STQ_RETURN_IF_ERROR(targets.biases->Write(scale_offset, {biases, block_scale_bytes}));
     return Status::Ok();
   });
 }
@@ -168,30 +190,30 @@ Status DequantizeTensor(const safetensors::Reader& reader, const QuantizedSource
                         const WriteTarget& target) {
   const int64_t words_per_row = PackedWordsPerRow(spec, cols);
   const int64_t groups_per_row = GroupsPerRow(spec, cols);
-  const int64_t rows = words_per_row == 0 ? 0 : static_cast<int64_t>(sources.packed->nbytes() / 4) / words_per_row;
   const DType scale_dtype = sources.scales->dtype;
   const int scale_bytes = ElementBytes(scale_dtype);
-  const int out_bytes = ElementBytes(out_dtype);
-  const int64_t block_rows = std::min(rows, RowsPerBlock(cols * out_bytes));
-
-  std::vector<uint32_t> packed(block_rows * words_per_row);
-  std::vector<uint8_t> scales(block_rows * groups_per_row * scale_bytes);
-  std::vector<uint8_t> biases(sources.biases ? scales.size() : 0);
-  std::vector<uint8_t> output(block_rows * cols * out_bytes);
-  for (int64_t first = 0; first < rows; first += block_rows) {
-    const int64_t count = std::min(block_rows, rows - first);
-    STQ_RETURN_IF_ERROR(reader.Read(*sources.packed, first * words_per_row * 4,
-                                    {reinterpret_cast<uint8_t*>(packed.data()), static_cast<size_t>(count * words_per_row * 4)}));
-    const uint64_t scale_block = count * groups_per_row * scale_bytes;
-    const uint64_t scale_offset = first * groups_per_row * scale_bytes;
-    STQ_RETURN_IF_ERROR(reader.Read(*sources.scales, scale_offset, {scales.data(), scale_block}));
-    if (sources.biases) STQ_RETURN_IF_ERROR(reader.Read(*sources.biases, scale_offset, {biases.data(), scale_block}));
-    STQ_RETURN_IF_ERROR(DequantizeRows(spec, scale_dtype, {packed.data(), scales.data(), biases.data()}, count, cols,
-                                       global_scale, out_dtype, output.data())
-                            .Annotate(TensorContext(reader, sources.packed->name)));
-    STQ_RETURN_IF_ERROR(target.Write(first * cols * out_bytes, {output.data(), static_cast<size_t>(count * cols * out_bytes)}));
-  }
-  return Status::Ok();
+  RowSource source;
+  source.name = TensorContext(reader, sources.packed->name);
+  source.dtype = out_dtype;
+  source.rows = words_per_row == 0 ? 0 : static_cast<int64_t>(sources.packed->nbytes() / 4) / words_per_row;
+  source.cols = cols;
+  source.rows_per_piece = std::max<int64_t>(source.rows, 1);
+  source.col_align = GroupAlign(spec);
+  source.read = [&](const RowBlock& block, uint8_t* out) -> Status {
+    std::vector<uint32_t> packed(block.count * PackedWordsPerRow(spec, block.cols));
+    std::vector<uint8_t> scales(block.count * GroupsPerRow(spec, block.cols) * scale_bytes);
+    std::vector<uint8_t> biases(sources.biases ? scales.size() : 0);
+    const uint64_t first_word = block.first * words_per_row + PackedWordsPerRow(spec, block.col);
+    STQ_RETURN_IF_ERROR(reader.Read(*sources.packed, first_word * 4,
+                                    {reinterpret_cast<uint8_t*>(packed.data()), packed.size() * 4}));
+    const uint64_t scale_offset = (block.first * groups_per_row + GroupsPerRow(spec, block.col)) * scale_bytes;
+    STQ_RETURN_IF_ERROR(reader.Read(*sources.scales, scale_offset, scales));
+    if (sources.biases) STQ_RETURN_IF_ERROR(reader.Read(*sources.biases, scale_offset, biases));
+    return DequantizeRows(spec, scale_dtype, {packed.data(), scales.data(), biases.data()}, block.count, block.cols,
+                          global_scale, out_dtype, out)
+        .Annotate(source.name);
+  };
+  return CopyRows(source, target, 1);
 }
 
 }  // namespace stquant::output

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <functional>
 #include <optional>
+#include <span>
 #include <string>
 
 #include "stquant/quant_spec.h"
@@ -18,18 +19,44 @@ namespace stquant::output {
 
 inline constexpr uint64_t kBlockBytes = 32ull << 20;
 
+// The bytes of `elements` elements of `dtype` (sub-byte dtypes such as F4 included; blocks start
+// on byte boundaries).
+inline uint64_t BytesOf(int64_t elements, DType dtype) {
+  return static_cast<uint64_t>(elements) * DTypeBits(dtype) / 8;
+}
+
+// A block of a tensor seen as rows x cols: rows [first, first + count), columns [col, col + cols)
+// of them. It holds whole rows (col 0, cols all of them) or, when one row is larger than a block,
+// a part of one row (count 1): its elements are consecutive in the tensor either way, and memory
+// is bounded by the block size, never by the size of a row.
+struct RowBlock {
+  int64_t first = 0;
+  int64_t count = 0;
+  int64_t col = 0;
+  int64_t cols = 0;
+  int64_t elements() const { return count * cols; }
+};
+
 // A tensor seen as rows x cols elements of `dtype` (rows = product of the leading dims; a 0-d or
-// 1-d tensor is one row), produced piece by piece: `read(first, count, out)` fills `out` with rows
-// [first, first + count). Blocks never cross a multiple of `rows_per_piece` (one expert of a
-// stacked tensor comes from one source tensor).
+// 1-d tensor is one row), produced block by block: `read(block, out)` fills `out` with the
+// block's elements. Blocks never cross a multiple of `rows_per_piece` (one expert of a stacked
+// tensor comes from one source tensor), and a part of a row starts at a multiple of `col_align`
+// columns (a source that dequantizes needs whole groups).
 struct RowSource {
   std::string name;  // for messages: "<file>: tensor '<name>'"
   DType dtype = DType::kBF16;
   int64_t rows = 0;
   int64_t cols = 0;
   int64_t rows_per_piece = 0;
-  std::function<Status(int64_t first, int64_t count, uint8_t* out)> read;
+  int64_t col_align = 1;
+  std::function<Status(const RowBlock& block, uint8_t* out)> read;
 };
+
+// Sets source.rows and source.cols for a tensor of `shape` made of `pieces` equal source tensors
+// (stacked experts), from source.dtype: the product of the leading dims x the last one, or, for a
+// sub-byte dtype (F4, F6; only ever copied), one row per source tensor, so that every row starts
+// on a byte boundary.
+void SetRowShape(RowSource& source, std::span<const int64_t> shape, int64_t pieces);
 
 // Rows of one tensor of a Reader, unchanged.
 RowSource ReaderRows(const safetensors::Reader& reader, const safetensors::TensorInfo& tensor);
@@ -72,7 +99,7 @@ struct QuantizedSources {
   const safetensors::TensorInfo* biases = nullptr;  // affine
 };
 
-// Dequantizes into `target` of `out_dtype`, shape [..., cols].
+// Dequantizes into `target` of `out_dtype`, shape [..., cols], in blocks of a quarter MiB of output.
 Status DequantizeTensor(const safetensors::Reader& reader, const QuantizedSources& sources,
                         const QuantSpec& spec, float global_scale, int64_t cols, DType out_dtype,
                         const WriteTarget& target);

@@ -1,6 +1,7 @@
 #include "util/file.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/stat.h>
@@ -10,6 +11,9 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
+#include <map>
+#include <vector>
 #include <utility>
 
 #include <fmt/format.h>
@@ -291,5 +295,96 @@ void SetWriteFaultForTesting(uint64_t after_bytes, int err) {
 }
 
 void ClearWriteFaultForTesting() { Fault().armed.store(false); }
+
+}  // namespace stquant::util
+
+namespace stquant::util {
+
+namespace {
+
+constexpr std::string_view kLockSuffix = ".lock";
+
+// The tag of a temporary name after its prefix: "<pid>-<16 hex>" and what follows it; names of
+// another form (older versions: "<pid>", "<pid>-<n>") are their own tag, which has no lock file.
+std::string TagOf(std::string_view rest) {
+  size_t i = 0;
+  while (i < rest.size() && std::isdigit(static_cast<unsigned char>(rest[i]))) ++i;
+  if (i == 0 || i + 17 > rest.size() || rest[i] != '-') return std::string(rest);
+  for (size_t j = i + 1; j < i + 17; ++j) {
+    if (!std::isxdigit(static_cast<unsigned char>(rest[j]))) return std::string(rest);
+  }
+  return std::string(rest.substr(0, i + 17));
+}
+
+}  // namespace
+
+Result<TempLock> TempLock::Create(const std::string& dir, const std::string& prefix) {
+  for (int attempt = 0; attempt < 8; ++attempt) {
+    char tag[64];
+    std::snprintf(tag, sizeof(tag), "%ld-%016llx", static_cast<long>(::getpid()),
+                  static_cast<unsigned long long>(RandomBits()));
+    TempLock lock;
+    lock.stem_ = dir + "/" + prefix + tag;
+    const std::string path = lock.stem_ + std::string(kLockSuffix);
+    const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd < 0) {
+      if (errno == EEXIST) continue;
+      return Status::FromErrno("create", path, errno);
+    }
+    lock.fd_.Reset(fd);
+    // A cleaner may take the lock file between open and flock and remove it: then the lock
+    // would be on a removed file, so start again under a new name.
+    struct stat held {}, named {};
+    if (::flock(fd, LOCK_EX | LOCK_NB) != 0 || ::fstat(fd, &held) != 0 || ::stat(path.c_str(), &named) != 0 ||
+        held.st_ino != named.st_ino || held.st_dev != named.st_dev) {
+      lock.fd_.Reset();
+      lock.stem_.clear();
+      continue;
+    }
+    return lock;
+  }
+  return Status::IoError("create a lock file in '" + dir + "': too many collisions");
+}
+
+void TempLock::Release() {
+  if (fd_.get() >= 0) ::unlink((stem_ + std::string(kLockSuffix)).c_str());
+  fd_.Reset();
+}
+
+TempLock::~TempLock() { Release(); }
+
+TempLock& TempLock::operator=(TempLock&& other) noexcept {
+  if (this != &other) {
+    Release();
+    fd_ = std::move(other.fd_);
+    stem_ = std::move(other.stem_);
+  }
+  return *this;
+}
+
+void RemoveStaleTemps(const std::string& dir, const std::string& prefix) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  std::map<std::string, std::vector<fs::path>> by_tag;
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    const std::string file = entry.path().filename().string();
+    std::string_view name = file;
+    if (name.starts_with('.') && !name.starts_with(prefix)) name.remove_prefix(1);
+    if (!name.starts_with(prefix)) continue;
+    by_tag[TagOf(name.substr(prefix.size()))].push_back(entry.path());
+  }
+  for (const auto& [tag, paths] : by_tag) {
+    // The lock file is created before any temporary of its tag and removed after the last one, so
+    // a temporary without one is a leftover.
+    const std::string lock_path = dir + "/" + prefix + tag + std::string(kLockSuffix);
+    Fd lock(::open(lock_path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (lock.get() < 0 && errno != ENOENT) continue;  // unreadable (another user's): leave it
+    if (lock.get() >= 0 && ::flock(lock.get(), LOCK_EX | LOCK_NB) != 0) continue;  // its owner runs
+    for (const fs::path& path : paths) {
+      if (path.native() != lock_path) fs::remove_all(path, ec);
+    }
+    if (lock.get() >= 0) ::unlink(lock_path.c_str());
+  }
+}
 
 }  // namespace stquant::util

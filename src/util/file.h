@@ -127,6 +127,34 @@ class AtomicFile {
   bool committed_ = false;
 };
 
+// Marks a process's temporaries in `dir` as in use, so that concurrent runs never remove each
+// other's: the lock file "<prefix><tag>.lock" (tag = "<pid>-<16 hex digits>", unique) is created
+// and flock()ed for the object's lifetime, and the owner names its temporaries "<prefix><tag>...".
+// The destructor removes the lock file; the kernel releases the lock of a killed process, whose
+// temporaries RemoveStaleTemps then removes.
+class TempLock {
+ public:
+  TempLock() = default;
+  static Result<TempLock> Create(const std::string& dir, const std::string& prefix);
+  ~TempLock();
+  TempLock(TempLock&& other) noexcept = default;
+  TempLock& operator=(TempLock&& other) noexcept;
+  TempLock(const TempLock&) = delete;
+  TempLock& operator=(const TempLock&) = delete;
+
+  // "<dir>/<prefix><tag>": the start of the owner's temporary names.
+  const std::string& stem() const { return stem_; }
+
+ private:
+  void Release();
+  Fd fd_;
+  std::string stem_;
+};
+
+// Removes the entries of `dir` named "<prefix><tag>..." or ".<prefix><tag>..." whose owner is gone:
+// their lock file is missing or nobody holds it (then it goes too). Best effort: errors are ignored.
+void RemoveStaleTemps(const std::string& dir, const std::string& prefix);
+
 // Fault injection for tests, process-wide: after `after_bytes` more bytes have been written by
 // PwriteFull (counted over all files and threads), every further write fails with `err` (a short
 // write is done first so that the failure lands mid-buffer, as a real ENOSPC does). Once the

@@ -1,12 +1,17 @@
 // The ollama model store: names, blobs (content addressed, deduplicated), manifests.
 #include "output/ollama_store.h"
 
+#include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
 
 #include <filesystem>
 #include <fstream>
+#include <optional>
+
+#include "util/file.h"
 
 namespace stquant::output {
 namespace {
@@ -58,9 +63,10 @@ TEST_F(OllamaStoreTest, BlobsAreContentAddressedAndReused) {
   ASSERT_TRUE(b.ok());
   EXPECT_TRUE(b->reused);
   EXPECT_EQ(b->digest, a->digest);
-  // Only the blob remains in blobs/: no temporary files.
+  // Only the blob remains in blobs/: no temporary files (but the open store's lock file).
   int files = 0;
   for (const auto& e : fs::directory_iterator(fs::path(root_) / "blobs")) {
+    if (e.path().extension() == ".lock") continue;
     ++files;
     EXPECT_EQ(e.path().filename().string().rfind("sha256-", 0), 0u) << e.path();
   }
@@ -88,16 +94,49 @@ TEST_F(OllamaStoreTest, ManifestIsWrittenWithLayersInOrder) {
   EXPECT_FALSE(store->ReadManifest(*ParseOllamaName("other")).ok());
 }
 
-TEST_F(OllamaStoreTest, OpenRemovesTemporariesOfDeadProcesses) {
-  fs::create_directories(fs::path(root_) / "blobs");
-  // pid 2^22 + 7 is above the default pid_max of most systems: no such process.
-  const fs::path stale = fs::path(root_) / "blobs" / ".stquant-tmp-4194311-0";
-  const fs::path mine = fs::path(root_) / "blobs" / (".stquant-tmp-" + std::to_string(::getpid()) + "-0");
-  std::ofstream(stale) << "partial";
-  std::ofstream(mine) << "in progress";
+TEST_F(OllamaStoreTest, OpenRemovesOnlyTemporariesWhoseLockNobodyHolds) {
+  const fs::path blobs = fs::path(root_) / "blobs";
+  fs::create_directories(blobs);
+  auto write = [&](const std::string& name) {
+    std::ofstream(blobs / name) << "partial";
+    return blobs / name;
+  };
+  // pid 2^22 + 7 is above the default pid_max of most systems: no such process here.
+  const fs::path legacy = write(".stquant-tmp-4194311-0");                          // no lock file
+  const fs::path killed = write(".stquant-tmp-4194311-0123456789abcdef-0");         // lock not held
+  const fs::path killed_lock = write(".stquant-tmp-4194311-0123456789abcdef.lock");
+  // A live import whose pid means nothing here (another pid namespace): its lock is held.
+  const fs::path foreign = write(".stquant-tmp-4194311-fedcba9876543210-0");
+  const fs::path foreign_writer = write("..stquant-tmp-4194311-fedcba9876543210-1.tmp-4194311-00");
+  const fs::path foreign_lock = write(".stquant-tmp-4194311-fedcba9876543210.lock");
+  util::Fd held(::open(foreign_lock.c_str(), O_RDONLY | O_CLOEXEC));
+  ASSERT_EQ(::flock(held.get(), LOCK_EX | LOCK_NB), 0);
+  // A store open in this process: its temporaries stay while it is open.
+  std::optional<OllamaStore> first;
+  {
+    Result<OllamaStore> opened = OllamaStore::Open(root_);
+    ASSERT_TRUE(opened.ok());
+    first.emplace(std::move(*opened));
+  }
+  const fs::path mine = write(fs::path(first->NewTempPath()).filename().string());
+
   ASSERT_TRUE(OllamaStore::Open(root_).ok());
-  EXPECT_FALSE(fs::exists(stale));
+  EXPECT_FALSE(fs::exists(legacy));
+  EXPECT_FALSE(fs::exists(killed));
+  EXPECT_FALSE(fs::exists(killed_lock));
+  EXPECT_TRUE(fs::exists(foreign));
+  EXPECT_TRUE(fs::exists(foreign_writer));
+  EXPECT_TRUE(fs::exists(foreign_lock));
   EXPECT_TRUE(fs::exists(mine));
+
+  // Once their owners are gone, the next store removes them.
+  held.Reset();
+  first.reset();
+  ASSERT_TRUE(OllamaStore::Open(root_).ok());
+  EXPECT_FALSE(fs::exists(foreign));
+  EXPECT_FALSE(fs::exists(foreign_writer));
+  EXPECT_FALSE(fs::exists(foreign_lock));
+  EXPECT_FALSE(fs::exists(mine));
 }
 
 TEST(OllamaModelsDir, Resolution) {

@@ -6,6 +6,8 @@ tests/output/fault_injection_test.cc sweeps injected write faults over every par
 quantize / dequantize; here the faults are real ones."""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
 import signal
@@ -105,3 +107,63 @@ def test_kill_9_during_convert_leaves_no_partial_model(stquant, synthetic_model,
     subprocess.run(args, check=True, capture_output=True, timeout=300)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["converted"]
     assert sorted(p.name for p in target.iterdir()) == expected
+
+
+def _start_when_writing(first_args: list, second_args: list, parent: Path,
+                        prefix: str) -> tuple[subprocess.Popen, subprocess.Popen]:
+    """Starts a run, and a second one once the first is writing (its temporaries exist in parent)."""
+    first = subprocess.Popen(first_args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not any(p.name.startswith(prefix) and not p.name.endswith(".lock") for p in parent.iterdir()):
+        assert first.poll() is None and time.monotonic() < deadline, "the first run never started writing"
+        time.sleep(0.005)
+    return first, subprocess.Popen(second_args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _tree(root: Path) -> dict:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("force", [False, True], ids=["no-force", "force"])
+def test_concurrent_converts_to_one_output(stquant, synthetic_model, tmp_path, force):
+    args = [str(stquant), "convert", str(synthetic_model), "-q", "int4", "--quiet", "-j", "1"]
+    alone = tmp_path / "alone" / "converted"
+    subprocess.run([*args, "-o", str(alone)], check=True, capture_output=True, timeout=300)
+    parent = tmp_path / "shared"
+    parent.mkdir()
+    target = parent / "converted"
+    run = [*args, "-o", str(target), *(["--force"] if force else [])]
+    first, second = _start_when_writing(run, run, parent, ".converted.stquant-tmp-")
+    errors = [p.communicate(timeout=300)[1].decode() for p in (first, second)]
+    codes = [first.returncode, second.returncode]
+    if force:
+        # Both complete; the later one swapped its directory in atomically.
+        assert codes == [0, 0], errors
+    else:
+        # The first to finish wins; the other fails cleanly, leaving the winner's output alone.
+        assert sorted(codes) == [0, 2], errors
+        loser = errors[codes.index(2)]
+        assert loser.count("\n") == 1 and "already exists" in loser, loser
+    assert [p.name for p in parent.iterdir()] == ["converted"]  # no temporaries, no lock files
+    assert _tree(target) == _tree(alone)
+
+
+def test_concurrent_ollama_imports_into_one_store(stquant, synthetic_model, tmp_path):
+    store = tmp_path / "store"
+    (store / "blobs").mkdir(parents=True)
+
+    def args(name):
+        return [str(stquant), "convert", str(synthetic_model), "--layout", "ollama", "--name", name,
+                "--models-dir", str(store), "-q", "int4", "--quiet", "-j", "1"]
+
+    first, second = _start_when_writing(args("first"), args("second"), store / "blobs", ".stquant-tmp-")
+    for proc in (first, second):
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err.decode()
+    # Both models are complete: every blob of each manifest is there under its digest.
+    for name in ("first", "second"):
+        manifest = json.loads((store / "manifests" / "registry.ollama.ai" / "library" / name / "latest").read_text())
+        for layer in [manifest["config"], *manifest["layers"]]:
+            blob = store / "blobs" / layer["digest"].replace(":", "-")
+            assert hashlib.sha256(blob.read_bytes()).hexdigest() == layer["digest"].split(":")[1]
+    assert not [p.name for p in (store / "blobs").iterdir() if not p.name.startswith("sha256-")]

@@ -445,6 +445,39 @@ CASES += [
 ]
 
 
+
+# -- command-line paths: usage errors (exit 2) before any work, not I/O errors
+def _float_file(tmp: Path) -> str:
+    return str(st_file(tmp / "in.safetensors", {"w.weight": weight()}))
+
+
+def _int4_file(tmp: Path) -> str:
+    return str(st_file(tmp / "q.safetensors", {"w.weight": ("U32", [4, 8], None), "w.scales": ("BF16", [4, 1], None),
+                                               "w.biases": ("BF16", [4, 1], None)}))
+
+
+CASES += [
+    Case("quantize-output-is-a-directory", lambda t: ["quantize", _float_file(t), "-o", str(t / "out"), "-q", "int4"],
+         ["output '", "/out' is a directory"]),
+    Case("dequantize-output-is-a-directory", lambda t: ["dequantize", _int4_file(t), "-o", str(t / "out")],
+         ["output '", "/out' is a directory"]),
+    Case("quantize-output-directory-missing",
+         lambda t: ["quantize", _float_file(t), "-o", str(t / "out" / "no" / "x.safetensors"), "-q", "int4"],
+         ["/out/no' is not a directory"]),
+    Case("dequantize-output-under-a-file",
+         lambda t: ["dequantize", _int4_file(t), "-o", str(t / "q.safetensors" / "x.safetensors")],
+         ["q.safetensors' is not a directory"]),
+    Case("quantize-input-missing", lambda t: ["quantize", str(t / "no.safetensors"), "-o", str(t / "out" / "x"), "-q", "int4"],
+         ["no.safetensors': no such file or directory"]),
+    Case("dequantize-input-missing", lambda t: ["dequantize", str(t / "no.safetensors"), "-o", str(t / "out" / "x")],
+         ["no.safetensors': no such file or directory"]),
+    Case("ollama-models-dir-is-a-file",
+         lambda t: ["convert", str(model_dir(t / "m", {"model.safetensors": {"w.weight": weight()}})), "--layout", "ollama",
+                    "--name", "m", "--models-dir", _float_file(t)],
+         ["ollama model store '", "in.safetensors' is not a directory"]),
+]
+
+
 # ---- running ------------------------------------------------------------------------------------
 
 

@@ -1,0 +1,104 @@
+"""Memory stays bounded by the streaming block, not by the size of a row: hostile shapes such as
+one row of 2^28 elements (512 MiB of bfloat16) are read, decoded, quantized and written in parts.
+
+The inputs are sparse files (their values are zeros), so they take no room on disk; the peak RSS
+of each stquant process (os.wait4) must stay under MAX_RSS, far below the row size."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROW = 1 << 28  # elements of the one huge row (512 MiB of bfloat16)
+MAX_RSS = 300 << 20  # bytes
+ITEM_BITS = {"BF16": 16, "F32": 32, "U32": 32, "F8_E4M3": 8}
+
+
+def sparse_file(path: Path, tensors: dict) -> Path:
+    """A safetensors file of zeros: tensors is name -> (dtype, shape); the data is a hole."""
+    header, offset = {}, 0
+    for name, (dtype, shape) in tensors.items():
+        nbytes = math.prod(shape) * ITEM_BITS[dtype] // 8
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    text = json.dumps(header).encode()
+    text += b" " * ((8 - len(text) % 8) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text)
+        f.truncate(8 + len(text) + offset)
+    return path
+
+
+def sparse_model(root: Path, tensors: dict, config: dict) -> Path:
+    root.mkdir(parents=True)
+    (root / "config.json").write_text(json.dumps(config))
+    sparse_file(root / "model.safetensors", tensors)
+    return root
+
+
+def run_measured(args: list) -> tuple[int, str, int]:
+    """Runs a command; returns its exit code, stderr and peak RSS in bytes."""
+    proc = subprocess.Popen([str(a) for a in args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    stderr = proc.stderr.read().decode(errors="replace")
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, stderr, usage.ru_maxrss * 1024
+
+
+def check_bounded(args: list) -> None:
+    rc, stderr, rss = run_measured(args)
+    assert rc == 0, stderr
+    assert rss < MAX_RSS, f"peak RSS {rss >> 20} MiB for a row of {ROW} elements: {' '.join(map(str, args))}"
+
+
+@pytest.fixture
+def work(tmp_path):
+    yield tmp_path
+    # The outputs are real (GiB) files: drop them right away.
+    subprocess.run(["rm", "-rf", str(tmp_path)], check=False)
+
+
+def test_quantize_copies_a_huge_kept_row_in_parts(stquant, work):
+    src = sparse_file(work / "in.safetensors", {"norm": ("BF16", [ROW])})
+    check_bounded([stquant, "quantize", src, "-o", work / "out.safetensors", "-q", "int4"])
+    assert (work / "out.safetensors").stat().st_size > ROW * 2
+
+
+@pytest.mark.parametrize("quant", ["int4", "nvfp4"])
+def test_quantize_and_dequantize_a_huge_row_in_parts(stquant, work, quant):
+    src = sparse_file(work / "in.safetensors", {"w": ("BF16", [1, ROW])})
+    args = ["--global-scale"] if quant == "nvfp4" else []
+    check_bounded([stquant, "quantize", src, "-o", work / "q.safetensors", "-q", quant, *args])
+    check_bounded([stquant, "dequantize", work / "q.safetensors", "-o", work / "dq.safetensors"])
+
+
+def test_convert_copies_a_huge_row_in_parts(stquant, work):
+    model = sparse_model(work / "m", {"model.norm.weight": ("BF16", [ROW])}, {"model_type": "qwen3"})
+    check_bounded([stquant, "convert", model, "-o", work / "out", "--quiet"])
+
+
+@pytest.mark.parametrize("layout", ["mlx", "ollama"])
+def test_convert_decodes_and_quantizes_a_huge_fp8_row_in_parts(stquant, work, layout):
+    name = "model.layers.0.mlp.down_proj"
+    model = sparse_model(work / "m", {f"{name}.weight": ("F8_E4M3", [1, ROW]),
+                                      f"{name}.weight_scale_inv": ("F32", [1, ROW // 128])},
+                         {"model_type": "qwen3",
+                          "quantization_config": {"quant_method": "fp8", "weight_block_size": [128, 128]}})
+    out = ["-o", work / "out"] if layout == "mlx" else ["--layout", "ollama", "--name", "huge",
+                                                        "--models-dir", work / "store"]
+    check_bounded([stquant, "convert", model, *out, "-q", "int4", "--quiet"])
+
+
+def test_requantize_dequantizes_a_huge_mlx_row_in_parts(stquant, work):
+    # An MLX 4-bit layer whose one row dequantizes to ROW bfloat16 values.
+    name = "model.layers.0.mlp.down_proj"
+    model = sparse_model(work / "m", {f"{name}.weight": ("U32", [1, ROW // 8]),
+                                      f"{name}.scales": ("BF16", [1, ROW // 64]),
+                                      f"{name}.biases": ("BF16", [1, ROW // 64])},
+                         {"model_type": "qwen3", "quantization": {"group_size": 64, "bits": 4}})
+    check_bounded([stquant, "convert", model, "-o", work / "out", "-q", "int8", "--requantize", "--quiet"])
