@@ -622,7 +622,9 @@ def read_blobs(store):
 def mlx_global_scale(scale):
     """The float32 g of MLX's nvfp4 dequantize (block scale e4m3 * f32(g / 2688)) that applies the
     per-tensor multiplier `scale` exactly: the runner's .weight.global_scale (ModelOpt's
-    weight_scale_2 semantics) in MLX's terms."""
+    weight_scale_2 semantics) in MLX's terms; None where there is none: 2688 = 1.3125 * 2^11, so
+    where the mantissa of `scale` is 2 / 1.3125 or more, consecutive float32 g give values of
+    g / 2688 about 1.5 ulp apart and some float32 scales are skipped."""
     scale = np.float32(scale)
     g = np.float32(scale * np.float32(2688))
     for _ in range(64):
@@ -630,7 +632,7 @@ def mlx_global_scale(scale):
         if q == scale:
             return g
         g = np.nextafter(g, np.float32(np.inf) if q < scale else np.float32(0))
-    raise AssertionError(f"no float32 g with g / 2688 == {scale}")
+    return None
 
 
 def nvfp4_blob_values(tensors, base):
@@ -638,8 +640,16 @@ def nvfp4_blob_values(tensors, base):
     assert g.dtype == mx.float32 and g.shape == ()
     w, s = tensors[base + ".weight"], tensors[base + ".weight_scale"]
     assert w.dtype == mx.uint32 and s.dtype == mx.uint8
-    return np.array(mx.dequantize(w, s, group_size=16, bits=4, mode="nvfp4", dtype=mx.float32,
-                                  global_scale=mx.array(mlx_global_scale(g.item()))))
+    mlx_g = mlx_global_scale(g.item())
+    if mlx_g is not None:
+        return np.array(mx.dequantize(w, s, group_size=16, bits=4, mode="nvfp4", dtype=mx.float32,
+                                      global_scale=mx.array(mlx_g)))
+    # The same arithmetic in two steps: the E2M1 values from MLX (block scales 1.0), times the block
+    # scales e4m3 * global_scale rounded to float32.
+    codes = np.array(mx.dequantize(w, mx.full(s.shape, 0x38, mx.uint8), group_size=16, bits=4, mode="nvfp4",
+                                   dtype=mx.float32))
+    block = np.array(s).view(F8).astype(np.float32) * np.float32(g.item())
+    return codes * np.repeat(block, 16, axis=-1)
 
 
 def check_layer_blob(blobs, base, quant_type, group, extra):
