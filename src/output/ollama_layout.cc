@@ -7,6 +7,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <map>
 #include <sstream>
 
@@ -44,18 +45,57 @@ struct Progress {
   const std::function<void(const ConvertProgress&)>* callback = nullptr;
 };
 
+// Moves committed tensor blobs into the store (SHA-256 of the file, rename to its digest name) on
+// a thread of its own while the next blob is being written: hashing is one sequential pass that
+// would otherwise leave the other cores idle. One blob is in flight at a time; its layer takes the
+// place in `layers` it was given when added, so the order of the layers is the order of Add.
+class BlobQueue {
+ public:
+  BlobQueue(OllamaStore& store, std::vector<OllamaLayer>& layers) : store_(store), layers_(layers) {}
+  ~BlobQueue() { (void)Drain(); }  // an error was returned already, or Drain was called
+  BlobQueue(const BlobQueue&) = delete;
+  BlobQueue& operator=(const BlobQueue&) = delete;
+
+  OllamaStore& store() { return store_; }
+
+  Status Add(std::string temp, std::string blob_name) {
+    STQ_RETURN_IF_ERROR(Drain());
+    slot_ = layers_.size();
+    layers_.emplace_back();
+    pending_ = std::async(std::launch::async, [this, temp = std::move(temp), name = std::move(blob_name)] {
+      return store_.AddBlobFile(temp, kOllamaMediaTensor, name);
+    });
+    return Status::Ok();
+  }
+
+  // Waits for the blob in flight; its error, if any.
+  Status Drain() {
+    if (!pending_.valid()) return Status::Ok();
+    Result<OllamaLayer> layer = pending_.get();
+    STQ_RETURN_IF_ERROR(layer.status());
+    layers_[slot_] = std::move(*layer);
+    return Status::Ok();
+  }
+
+ private:
+  OllamaStore& store_;
+  std::vector<OllamaLayer>& layers_;
+  std::future<Result<OllamaLayer>> pending_;
+  size_t slot_ = 0;
+};
+
 // Writes one tensor blob into the store: `decls` (final names) and `metadata`, the data written by
 // `fill` into the writer.
-Result<OllamaLayer> WriteBlob(OllamaStore& store, const std::string& blob_name, std::vector<TensorDecl> decls,
-                              const std::optional<std::map<std::string, std::string>>& metadata,
-                              const std::function<Status(Writer&)>& fill, ConvertSummary& summary) {
-  const std::string temp = store.NewTempPath();
+Status WriteBlob(BlobQueue& blobs, const std::string& blob_name, std::vector<TensorDecl> decls,
+                 const std::optional<std::map<std::string, std::string>>& metadata,
+                 const std::function<Status(Writer&)>& fill, ConvertSummary& summary) {
+  const std::string temp = blobs.store().NewTempPath();
   STQ_ASSIGN_OR_RETURN(std::unique_ptr<Writer> writer,
                        Writer::Create(temp, std::move(decls), metadata, Writer::CacheUse::kKeep));  // hashed next
   STQ_RETURN_IF_ERROR(fill(*writer));
   STQ_RETURN_IF_ERROR(writer->Commit().Annotate("write blob " + blob_name));
   summary.output_bytes += writer->file_size();
-  return store.AddBlobFile(temp, kOllamaMediaTensor, blob_name);
+  return blobs.Add(temp, blob_name);
 }
 
 // After one output tensor (with its scales) is written: `status` annotated with blob and tensor.
@@ -70,7 +110,7 @@ Status TensorDone(const Status& status, const std::string& blob_name, const std:
 
 // Writes one tensor blob: the planned tensors `members` (in order), names prefixed by `prefix`,
 // their values read from `rows_of`.
-Result<OllamaLayer> WriteTensorBlob(OllamaStore& store, const model::Inventory& inv,
+Status WriteTensorBlob(BlobQueue& blobs, const model::Inventory& inv,
                                     const std::vector<const PlannedTensor*>& members, const std::string& prefix,
                                     const std::function<RowSource(const PlannedTensor&)>& rows_of,
                                     const ConvertOptions& options, Progress& progress, ConvertSummary& summary) {
@@ -146,23 +186,22 @@ Result<OllamaLayer> WriteTensorBlob(OllamaStore& store, const model::Inventory& 
     }
     return Status::Ok();
   };
-  return WriteBlob(store, blob_name, std::move(decls), metadata, fill, summary);
+  return WriteBlob(blobs, blob_name, std::move(decls), metadata, fill, summary);
 }
 
 // An already-quantized source (ollama-create-spec §6.3): the blobs of model::OllamaPrequantBlobs,
 // each tensor a byte transform of source tensors (WritePrequantTensor); with --requantize a layer's
 // blob is instead the planned float tensor "<layer>.weight" of its dequantized values, quantized
 // as planned.
-Status WritePrequantBlobs(OllamaStore& store, const model::PlanContext& context, const std::string& prefix,
-                          const ConvertOptions& options, Progress& progress, ConvertSummary& summary,
-                          std::vector<OllamaLayer>& layers) {
+Status WritePrequantBlobs(BlobQueue& blobs, const model::PlanContext& context, const std::string& prefix,
+                          const ConvertOptions& options, Progress& progress, ConvertSummary& summary) {
   const model::Inventory& inv = *context.inventory;
   const model::PrequantPlan& pq = *context.prequant;
-  STQ_ASSIGN_OR_RETURN(std::vector<model::OllamaPrequantBlob> blobs,
+  STQ_ASSIGN_OR_RETURN(std::vector<model::OllamaPrequantBlob> prequant_blobs,
                        model::OllamaPrequantBlobs(pq, inv.path(), options.requantize));
   std::map<std::string, const PlannedTensor*> planned;  // by blob: a requantized layer's one tensor
   for (const PlannedTensor& t : context.plan.tensors) planned.emplace(t.blob, &t);
-  for (const model::OllamaPrequantBlob& blob : blobs) {
+  for (const model::OllamaPrequantBlob& blob : prequant_blobs) {
     std::vector<const model::PrequantTensor*> tensors;
     for (size_t i : blob.tensors) tensors.push_back(&pq.tensors[i]);
     const std::string blob_name = prefix + blob.name;
@@ -176,9 +215,7 @@ Status WritePrequantBlobs(OllamaStore& store, const model::PlanContext& context,
       auto rows_of = [&](const PlannedTensor& t) {
         return PrequantLayerRows(inv, *layer, tensors, t.shape, t.dtype, pq.kind);
       };
-      STQ_ASSIGN_OR_RETURN(OllamaLayer written, WriteTensorBlob(store, inv, {tensor->second}, prefix, rows_of, options,
-                                                                progress, summary));
-      layers.push_back(std::move(written));
+      STQ_RETURN_IF_ERROR(WriteTensorBlob(blobs, inv, {tensor->second}, prefix, rows_of, options, progress, summary));
       continue;
     }
     std::vector<TensorDecl> decls;
@@ -201,26 +238,22 @@ Status WritePrequantBlobs(OllamaStore& store, const model::PlanContext& context,
       if (!blob.layer.empty()) ++summary.quantized_tensors;
       return Status::Ok();
     };
-    STQ_ASSIGN_OR_RETURN(OllamaLayer written, WriteBlob(store, blob_name, std::move(decls), metadata, fill, summary));
-    layers.push_back(std::move(written));
+    STQ_RETURN_IF_ERROR(WriteBlob(blobs, blob_name, std::move(decls), metadata, fill, summary));
   }
   return Status::Ok();
 }
 
 // The tensor blobs of a plan, in plan (blob) order.
-Status WritePlanBlobs(OllamaStore& store, const model::PlanContext& context, const std::string& prefix,
-                      const ConvertOptions& options, Progress& progress, ConvertSummary& summary,
-                      std::vector<OllamaLayer>& layers) {
-  if (context.prequant) return WritePrequantBlobs(store, context, prefix, options, progress, summary, layers);
+Status WritePlanBlobs(BlobQueue& blobs, const model::PlanContext& context, const std::string& prefix,
+                      const ConvertOptions& options, Progress& progress, ConvertSummary& summary) {
+  if (context.prequant) return WritePrequantBlobs(blobs, context, prefix, options, progress, summary);
   const std::vector<PlannedTensor>& tensors = context.plan.tensors;
   auto rows_of = [&](const PlannedTensor& t) { return PlannedRows(*context.inventory, t, options.profile); };
   for (size_t i = 0; i < tensors.size();) {
     std::vector<const PlannedTensor*> members;
     size_t j = i;
     while (j < tensors.size() && tensors[j].blob == tensors[i].blob) members.push_back(&tensors[j++]);
-    STQ_ASSIGN_OR_RETURN(OllamaLayer layer, WriteTensorBlob(store, *context.inventory, members, prefix, rows_of,
-                                                            options, progress, summary));
-    layers.push_back(std::move(layer));
+    STQ_RETURN_IF_ERROR(WriteTensorBlob(blobs, *context.inventory, members, prefix, rows_of, options, progress, summary));
     i = j;
   }
   return Status::Ok();
@@ -328,12 +361,14 @@ Result<ConvertSummary> ConvertToOllamaStore(const ConvertOptions& given,
   progress.state.bytes_total = context.plan.input_bytes + (draft ? draft->plan.input_bytes : 0);
 
   std::vector<OllamaLayer> layers;
-  STQ_RETURN_IF_ERROR(WritePlanBlobs(store, context, "", options, progress, summary, layers));
+  BlobQueue blobs(store, layers);
+  STQ_RETURN_IF_ERROR(WritePlanBlobs(blobs, context, "", options, progress, summary));
   STQ_RETURN_IF_ERROR(WriteConfigLayers(store, options.source_dir, "", layers));
   if (draft) {
-    STQ_RETURN_IF_ERROR(WritePlanBlobs(store, *draft, "draft.", options, progress, summary, layers));
+    STQ_RETURN_IF_ERROR(WritePlanBlobs(blobs, *draft, "draft.", options, progress, summary));
     STQ_RETURN_IF_ERROR(WriteConfigLayers(store, options.draft_dir, "draft/", layers));
   }
+  STQ_RETURN_IF_ERROR(blobs.Drain());
   auto text_layer = [&](const std::string& text, const char* media) -> Status {
     if (text.empty()) return Status::Ok();
     STQ_ASSIGN_OR_RETURN(OllamaLayer layer, store.AddBlobBytes(text, media, ""));
