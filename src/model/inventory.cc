@@ -124,7 +124,7 @@ Result<IndexFile> ParseIndexText(std::string_view text, const std::string& index
       return Status::InvalidInput(where + ": weight_map entry " + Quoted(tensor) + ": shard " + Quoted(name) +
                                   " must be a bare file name inside the model directory");
     }
-    if (!EndsWith(name, kSuffix)) {
+    if (!EndsWith(name, kSuffix) || name.size() == kSuffix.size()) {
       return Status::InvalidInput(where + ": weight_map entry " + Quoted(tensor) + ": shard " + Quoted(name) +
                                   " is not a .safetensors file");
     }

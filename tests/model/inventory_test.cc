@@ -256,6 +256,12 @@ TEST_F(ModelDirTest, IndexShardNotSafetensors) {
   ExpectInvalidInput("shard 'pytorch_model.bin' is not a .safetensors file");
 }
 
+TEST_F(ModelDirTest, IndexShardWithoutStem) {  // found by model_index_fuzz
+  WriteConfig();
+  WriteText("model.safetensors.index.json", R"({"weight_map": {"a": ".safetensors"}})");
+  ExpectInvalidInput("shard '.safetensors' is not a .safetensors file");
+}
+
 TEST_F(ModelDirTest, IndexEmpty) {
   WriteConfig();
   WriteText("model.safetensors.index.json", R"({"weight_map": {}})");
