@@ -44,13 +44,6 @@ Source Find(const Inventory& inv, const std::string& name) {
   return {inv.shards()[ref->shard].reader.get(), ref->info};
 }
 
-Result<std::vector<uint8_t>> ReadAll(const Inventory& inv, const std::string& name) {
-  Source s = Find(inv, name);
-  std::vector<uint8_t> bytes(s.info->nbytes());
-  STQ_RETURN_IF_ERROR(s.reader->Read(*s.info, 0, bytes));
-  return bytes;
-}
-
 Result<float> ReadScalar(const Inventory& inv, const std::string& name) {
   Source s = Find(inv, name);
   if (s.info->dtype != DType::kF32 || s.info->nbytes() != 4) {
@@ -71,17 +64,33 @@ float SourceBlockScale(uint8_t b, float scalar, bool inverted) {
   return inverted ? v / scalar : v * scalar;
 }
 
+// Calls fn(offset, bytes) over the bytes [begin, end) of a tensor in pieces of at most kBlockBytes,
+// so that memory does not grow with the tensor.
+Status ForEachPiece(const Source& src, uint64_t begin, uint64_t end,
+                    const std::function<Status(uint64_t offset, std::span<uint8_t> bytes)>& fn) {
+  std::vector<uint8_t> buffer(std::min<uint64_t>(end - begin, kBlockBytes));
+  for (uint64_t at = begin; at < end; at += buffer.size()) {
+    const std::span<uint8_t> piece(buffer.data(), std::min<uint64_t>(buffer.size(), end - at));
+    STQ_RETURN_IF_ERROR(src.reader->Read(*src.info, at, piece));
+    STQ_RETURN_IF_ERROR(fn(at, piece));
+  }
+  return Status::Ok();
+}
+
 // The E4M3 magnitude bytes present in scale tensors (0x7F, NaN in E4M3FN, is an error).
 Result<std::array<bool, 128>> PresentBytes(const Inventory& inv, const std::string& name) {
-  STQ_ASSIGN_OR_RETURN(std::vector<uint8_t> bytes, ReadAll(inv, name));
+  const Source src = Find(inv, name);
   std::array<bool, 128> present{};
-  for (size_t i = 0; i < bytes.size(); ++i) {
-    if ((bytes[i] & 0x7F) == 0x7F) {
-      return Status::InvalidInput(fmt::format("{}: tensor '{}': element {} is the E4M3 NaN code 0x{:02X}",
-                                              Find(inv, name).reader->path(), P(name), i, bytes[i]));
+  STQ_RETURN_IF_ERROR(ForEachPiece(src, 0, src.info->nbytes(), [&](uint64_t offset, std::span<uint8_t> bytes) {
+    for (size_t i = 0; i < bytes.size(); ++i) {
+      if ((bytes[i] & 0x7F) == 0x7F) {
+        return Status::InvalidInput(fmt::format("{}: tensor '{}': element {} is the E4M3 NaN code 0x{:02X}",
+                                                src.reader->path(), P(name), offset + i, bytes[i]));
+      }
+      present[bytes[i] & 0x7F] = true;
     }
-    present[bytes[i] & 0x7F] = true;
-  }
+    return Status::Ok();
+  }));
   return present;
 }
 
@@ -146,14 +155,10 @@ Status WritePrequantTensor(const Inventory& inv, const PrequantTensor& t, const 
     const std::string where = fmt::format("{}: tensor '{}'", src.reader->path(), P(name));
     switch (t.op) {
       case PrequantOp::kCopy: {
-        const uint64_t total = src.info->nbytes();
-        std::vector<uint8_t> buffer(std::min<uint64_t>(total, kBlockBytes));
-        for (uint64_t at = 0; at < total; at += buffer.size()) {
-          const uint64_t n = std::min<uint64_t>(buffer.size(), total - at);
-          STQ_RETURN_IF_ERROR(src.reader->Read(*src.info, at, {buffer.data(), n}));
-          STQ_RETURN_IF_ERROR(WriteBytes(target, offset, {buffer.data(), n}));
-          done(n);
-        }
+        STQ_RETURN_IF_ERROR(ForEachPiece(src, 0, src.info->nbytes(), [&](uint64_t, std::span<uint8_t> bytes) {
+          done(bytes.size());
+          return WriteBytes(target, offset, bytes);
+        }));
         break;
       }
       case PrequantOp::kSelectRows: {
@@ -162,46 +167,46 @@ Status WritePrequantTensor(const Inventory& inv, const PrequantTensor& t, const 
         for (int a = 0; a < t.axis; ++a) outer *= shape[a];
         for (size_t a = t.axis + 1; a < shape.size(); ++a) inner *= shape[a];
         const int64_t n = shape[t.axis];
-        std::vector<uint8_t> slab(n * inner), out;
-        out.reserve(n * inner / t.stride + inner);
         for (int64_t o = 0; o < outer; ++o) {
-          STQ_RETURN_IF_ERROR(src.reader->Read(*src.info, o * n * inner, slab));
-          out.clear();
           for (int64_t i = t.offset; i < n; i += t.stride) {
-            out.insert(out.end(), slab.begin() + i * inner, slab.begin() + (i + 1) * inner);
+            const uint64_t row = (o * n + i) * inner;
+            STQ_RETURN_IF_ERROR(ForEachPiece(src, row, row + inner, [&](uint64_t, std::span<uint8_t> bytes) {
+              done(bytes.size());
+              return WriteBytes(target, offset, bytes);
+            }));
           }
-          STQ_RETURN_IF_ERROR(WriteBytes(target, offset, out));
-          done(slab.size() / t.stride);
         }
         break;
       }
       case PrequantOp::kFoldScales: {
         STQ_ASSIGN_OR_RETURN(const float scalar, ReadScalar(inv, t.aux[si]));
-        STQ_ASSIGN_OR_RETURN(std::vector<uint8_t> bytes, ReadAll(inv, name));
         std::array<int, 128> map;
         map.fill(-1);
-        for (size_t i = 0; i < bytes.size(); ++i) {
-          const uint8_t b = bytes[i] & 0x7F;
-          if (b == 0x7F) {
-            return Status::InvalidInput(fmt::format("{}: element {} is the E4M3 NaN code 0x{:02X}", where, i, bytes[i]));
-          }
-          if (map[b] < 0) {
-            const float want = SourceBlockScale(b, scalar, t.inverted);
-            const uint8_t folded = numeric::E4M3FromFloat(want);
-            if (numeric::E4M3ToFloat(folded) != want) {
-              return Status::Unsupported(fmt::format(
-                  "{}: NVFP4 layer '{}': its global scale ('{}' = {}) cannot be folded exactly into the E4M3 block "
-                  "scales (byte 0x{:02X} = {} becomes {}, not an E4M3 value), and mlx's QuantizedLinear has no global "
-                  "scale (mlx 0.32.4); only stacked experts (QuantizedSwitchLinear) keep one. Use -q TYPE "
-                  "--requantize to dequantize and quantize again (loses accuracy)",
-                  where, P(t.layer), P(t.aux[si]), scalar, b, numeric::E4M3ToFloat(b), want));
+        STQ_RETURN_IF_ERROR(ForEachPiece(src, 0, src.info->nbytes(), [&](uint64_t at, std::span<uint8_t> bytes) {
+          for (size_t i = 0; i < bytes.size(); ++i) {
+            const uint8_t b = bytes[i] & 0x7F;
+            if (b == 0x7F) {
+              return Status::InvalidInput(
+                  fmt::format("{}: element {} is the E4M3 NaN code 0x{:02X}", where, at + i, bytes[i]));
             }
-            map[b] = folded;
+            if (map[b] < 0) {
+              const float want = SourceBlockScale(b, scalar, t.inverted);
+              const uint8_t folded = numeric::E4M3FromFloat(want);
+              if (numeric::E4M3ToFloat(folded) != want) {
+                return Status::Unsupported(fmt::format(
+                    "{}: NVFP4 layer '{}': its global scale ('{}' = {}) cannot be folded exactly into the E4M3 block "
+                    "scales (byte 0x{:02X} = {} becomes {}, not an E4M3 value), and mlx's QuantizedLinear has no global "
+                    "scale (mlx 0.32.4); only stacked experts (QuantizedSwitchLinear) keep one. Use -q TYPE "
+                    "--requantize to dequantize and quantize again (loses accuracy)",
+                    where, P(t.layer), P(t.aux[si]), scalar, b, numeric::E4M3ToFloat(b), want));
+              }
+              map[b] = folded;
+            }
+            bytes[i] = static_cast<uint8_t>(map[b] | (bytes[i] & 0x80));
           }
-          bytes[i] = static_cast<uint8_t>(map[b] | (bytes[i] & 0x80));
-        }
-        STQ_RETURN_IF_ERROR(WriteBytes(target, offset, bytes));
-        done(bytes.size());
+          done(bytes.size());
+          return WriteBytes(target, offset, bytes);
+        }));
         break;
       }
       case PrequantOp::kMlxGlobalScale: {
@@ -239,40 +244,45 @@ Status WritePrequantTensor(const Inventory& inv, const PrequantTensor& t, const 
         break;
       }
       case PrequantOp::kAffineBias: {
-        STQ_ASSIGN_OR_RETURN(std::vector<uint8_t> scales, ReadAll(inv, name));
+        // Row by row, in chunks of groups: memory stays bounded whatever the shape.
         const DType dtype = src.info->dtype;
+        const int elem = DTypeBits(dtype) / 8;
         const int64_t rows = src.info->shape[0], groups = src.info->shape[1];
-        std::vector<uint8_t> zero;
-        if (!t.aux[si].empty()) {
-          STQ_ASSIGN_OR_RETURN(zero, ReadAll(inv, t.aux[si]));
-        }
+        const std::optional<Source> zero_src =
+            t.aux[si].empty() ? std::nullopt : std::optional<Source>(Find(inv, t.aux[si]));
         const int pack = 32 / t.bits;
         const uint32_t mask = (1u << t.bits) - 1;
-        std::vector<uint8_t> out(scales.size());
+        const int64_t chunk = std::max<int64_t>(1, static_cast<int64_t>(kBlockBytes) / 8);
+        std::vector<uint8_t> scales(std::min(chunk, groups) * elem), out(scales.size());
+        std::vector<uint32_t> zero(zero_src ? std::min(chunk, groups) : 0);
         for (int64_t r = 0; r < rows; ++r) {
-          for (int64_t g = 0; g < groups; ++g) {
-            const int64_t i = r * groups + g;
-            // Stored codes are q + 2^(bits-1); the zero point is packed the same way along dim 0.
-            uint32_t c = 1u << (t.bits - 1);
-            if (!zero.empty()) {
-              uint32_t word;
-              std::memcpy(&word, zero.data() + ((r / pack) * groups + g) * 4, 4);
-              c = (word >> (t.bits * (r % pack))) & mask;
+          for (int64_t g0 = 0; g0 < groups; g0 += chunk) {
+            const int64_t n = std::min(chunk, groups - g0);
+            const std::span<uint8_t> s_bytes(scales.data(), n * elem), out_bytes(out.data(), n * elem);
+            STQ_RETURN_IF_ERROR(src.reader->Read(*src.info, (r * groups + g0) * elem, s_bytes));
+            if (zero_src) {
+              // The zero point is packed like the codes, `pack` rows to a word, along dim 0.
+              STQ_RETURN_IF_ERROR(zero_src->reader->Read(*zero_src->info, ((r / pack) * groups + g0) * 4,
+                                                         {reinterpret_cast<uint8_t*>(zero.data()), static_cast<size_t>(n) * 4}));
             }
-            const double s = quant::LoadElement(dtype, scales.data(), i);
-            const double exact = -static_cast<double>(c) * s;
-            const float f = static_cast<float>(exact);
-            quant::StoreElement(dtype, out.data(), i, f);
-            if (static_cast<double>(f) != exact || quant::LoadElement(dtype, out.data(), i) != f) {
-              return Status::Unsupported(fmt::format(
-                  "{}: affine layer '{}': bias -{} * scale {} (row {}, group {}) is not exactly representable in {}; "
-                  "MLX's affine bias would round it. Use -q TYPE --requantize (loses accuracy)",
-                  where, P(t.layer), c, s, r, g, DTypeName(dtype)));
+            for (int64_t k = 0; k < n; ++k) {
+              // Stored codes are q + 2^(bits-1); with a zero point, q - zero_point.
+              const uint32_t c = zero_src ? (zero[k] >> (t.bits * (r % pack))) & mask : 1u << (t.bits - 1);
+              const double scale = quant::LoadElement(dtype, scales.data(), k);
+              const double exact = -static_cast<double>(c) * scale;
+              const float f = static_cast<float>(exact);
+              quant::StoreElement(dtype, out.data(), k, f);
+              if (static_cast<double>(f) != exact || quant::LoadElement(dtype, out.data(), k) != f) {
+                return Status::Unsupported(fmt::format(
+                    "{}: affine layer '{}': bias -{} * scale {} (row {}, group {}) is not exactly representable in "
+                    "{}; MLX's affine bias would round it. Use -q TYPE --requantize (loses accuracy)",
+                    where, P(t.layer), c, scale, r, g0 + k, DTypeName(dtype)));
+              }
             }
+            STQ_RETURN_IF_ERROR(WriteBytes(target, offset, out_bytes));
+            done(out_bytes.size());
           }
         }
-        STQ_RETURN_IF_ERROR(WriteBytes(target, offset, out));
-        done(scales.size());
         break;
       }
     }
@@ -363,13 +373,21 @@ RowSource PrequantLayerRows(const Inventory& inv, const model::PrequantLayer& la
       }
     } else if (spec.mode == QuantMode::kAffine && kind == model::SourceKind::kCompressedTensors) {
       // T((q - zero_point) * scale), q - zero_point = code - c (c = 2^(bits-1), or the packed zero point).
-      std::vector<uint8_t> zero;
-      const std::string& zp = biases->aux[piece];
-      if (!zp.empty()) {
-        STQ_ASSIGN_OR_RETURN(zero, ReadAll(inv, zp));
-      }
       const int pack = 32 / spec.bits;
       const uint32_t mask = (1u << spec.bits) - 1;
+      // The zero-point words of this block only: the packed row blocks its rows fall in, its groups.
+      std::vector<uint8_t> zero;
+      const std::string& zp = biases->aux[piece];
+      const int64_t first_zero_row = local / pack;
+      if (!zp.empty()) {
+        const Source z = Find(inv, zp);
+        const int64_t zero_rows = (local + count - 1) / pack - first_zero_row + 1;
+        zero.resize(zero_rows * groups * 4);
+        for (int64_t zr = 0; zr < zero_rows; ++zr) {
+          STQ_RETURN_IF_ERROR(z.reader->Read(*z.info, ((first_zero_row + zr) * row_groups + first_group) * 4,
+                                             {zero.data() + zr * groups * 4, static_cast<size_t>(groups * 4)}));
+        }
+      }
       for (int64_t r = 0; r < count; ++r) {
         const int64_t row = local + r;
         for (int64_t k = 0; k < block.cols; ++k) {
@@ -380,7 +398,7 @@ RowSource PrequantLayerRows(const Inventory& inv, const model::PrequantLayer& la
           int c = 1 << (spec.bits - 1);
           if (!zero.empty()) {
             uint32_t zw;
-            std::memcpy(&zw, zero.data() + ((row / pack) * row_groups + first_group + grp) * 4, 4);
+            std::memcpy(&zw, zero.data() + ((row / pack - first_zero_row) * groups + grp) * 4, 4);
             c = static_cast<int>((zw >> (spec.bits * (row % pack))) & mask);
           }
           const float scale = quant::LoadElement(scale_dtype, s.data(), r * groups + grp);
