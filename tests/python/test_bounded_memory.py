@@ -16,7 +16,7 @@ import pytest
 
 ROW = 1 << 28  # elements of the one huge row (512 MiB of bfloat16)
 MAX_RSS = 300 << 20  # bytes
-ITEM_BITS = {"BF16": 16, "F32": 32, "U32": 32, "F8_E4M3": 8}
+ITEM_BITS = {"BF16": 16, "F32": 32, "U32": 32, "U8": 8, "F8_E4M3": 8}
 
 
 def sparse_file(path: Path, tensors: dict) -> Path:
@@ -50,10 +50,19 @@ def run_measured(args: list) -> tuple[int, str, int]:
     return proc.returncode, stderr, usage.ru_maxrss * 1024
 
 
-def check_bounded(args: list) -> None:
+def check_bounded(args: list, max_rss: int = MAX_RSS) -> None:
     rc, stderr, rss = run_measured(args)
     assert rc == 0, stderr
-    assert rss < MAX_RSS, f"peak RSS {rss >> 20} MiB for a row of {ROW} elements: {' '.join(map(str, args))}"
+    assert rss < max_rss, f"peak RSS {rss >> 20} MiB (bound {max_rss >> 20} MiB): {' '.join(map(str, args))}"
+
+
+def write_tensor_bytes(path: Path, name: str, data: bytes) -> None:
+    """Writes `data` at the start of tensor `name` of a (sparse) safetensors file."""
+    with open(path, "r+b") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        begin = json.loads(f.read(n))[name]["data_offsets"][0]
+        f.seek(8 + n + begin)
+        f.write(data)
 
 
 @pytest.fixture
@@ -102,3 +111,15 @@ def test_requantize_dequantizes_a_huge_mlx_row_in_parts(stquant, work):
                                       f"{name}.biases": ("BF16", [1, ROW // 64])},
                          {"model_type": "qwen3", "quantization": {"group_size": 64, "bits": 4}})
     check_bounded([stquant, "convert", model, "-o", work / "out", "-q", "int8", "--requantize", "--quiet"])
+
+
+def test_prequant_import_folds_a_huge_nvfp4_scale_tensor_in_parts(stquant, work):
+    # ModelOpt NVFP4, dense: weight_scale_2 is folded into the E4M3 block scales (mlx layout), a
+    # 256 MiB scale tensor read and rewritten in parts (it was read whole).
+    name = "model.layers.0.mlp.down_proj"
+    rows, cols = 1 << 17, 1 << 15
+    model = sparse_model(work / "m", {f"{name}.weight": ("U8", [rows, cols // 2]),
+                                      f"{name}.weight_scale": ("F8_E4M3", [rows, cols // 16]),
+                                      f"{name}.weight_scale_2": ("F32", [])}, {"model_type": "qwen3"})
+    write_tensor_bytes(model / "model.safetensors", f"{name}.weight_scale_2", struct.pack("<f", 1.0))
+    check_bounded([stquant, "convert", model, "-o", work / "out", "--quiet"], max_rss=200 << 20)
