@@ -112,8 +112,9 @@ struct ConversionPlan {
   std::vector<std::string> warnings;
 };
 
-// Reads headers only. Errors name the file and the tensor; kUnsupported for sources that need
-// another importer (already-quantized checkpoints).
+// Reads headers only. Errors name the file and the tensor; kUnsupported for quantized formats
+// stquant does not read (GPTQ, AWQ, bitsandbytes, ...) and for already-quantized layers that
+// cannot be imported without touching their codes (the message points at --requantize).
 Result<ConversionPlan> PlanConversion(const ConvertOptions& options);
 
 // A human table and a JSON rendering of a plan (for --dry-run).
