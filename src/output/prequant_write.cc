@@ -248,26 +248,26 @@ Status WritePrequantTensor(const Inventory& inv, const PrequantTensor& t, const 
         const DType dtype = src.info->dtype;
         const int elem = DTypeBits(dtype) / 8;
         const int64_t rows = src.info->shape[0], groups = src.info->shape[1];
-        const std::optional<Source> zero_src =
-            t.aux[si].empty() ? std::nullopt : std::optional<Source>(Find(inv, t.aux[si]));
+        const bool has_zero = !t.aux[si].empty();
+        const Source zero_src = has_zero ? Find(inv, t.aux[si]) : Source{};
         const int pack = 32 / t.bits;
         const uint32_t mask = (1u << t.bits) - 1;
         const int64_t chunk = std::max<int64_t>(1, static_cast<int64_t>(kBlockBytes) / 8);
         std::vector<uint8_t> scales(std::min(chunk, groups) * elem), out(scales.size());
-        std::vector<uint32_t> zero(zero_src ? std::min(chunk, groups) : 0);
+        std::vector<uint32_t> zero(has_zero ? std::min(chunk, groups) : 0);
         for (int64_t r = 0; r < rows; ++r) {
           for (int64_t g0 = 0; g0 < groups; g0 += chunk) {
             const int64_t n = std::min(chunk, groups - g0);
             const std::span<uint8_t> s_bytes(scales.data(), n * elem), out_bytes(out.data(), n * elem);
             STQ_RETURN_IF_ERROR(src.reader->Read(*src.info, (r * groups + g0) * elem, s_bytes));
-            if (zero_src) {
+            if (has_zero) {
               // The zero point is packed like the codes, `pack` rows to a word, along dim 0.
-              STQ_RETURN_IF_ERROR(zero_src->reader->Read(*zero_src->info, ((r / pack) * groups + g0) * 4,
-                                                         {reinterpret_cast<uint8_t*>(zero.data()), static_cast<size_t>(n) * 4}));
+              const std::span<uint8_t> words(reinterpret_cast<uint8_t*>(zero.data()), static_cast<size_t>(n) * 4);
+              STQ_RETURN_IF_ERROR(zero_src.reader->Read(*zero_src.info, ((r / pack) * groups + g0) * 4, words));
             }
             for (int64_t k = 0; k < n; ++k) {
               // Stored codes are q + 2^(bits-1); with a zero point, q - zero_point.
-              const uint32_t c = zero_src ? (zero[k] >> (t.bits * (r % pack))) & mask : 1u << (t.bits - 1);
+              const uint32_t c = has_zero ? (zero[k] >> (t.bits * (r % pack))) & mask : 1u << (t.bits - 1);
               const double scale = quant::LoadElement(dtype, scales.data(), k);
               const double exact = -static_cast<double>(c) * scale;
               const float f = static_cast<float>(exact);
@@ -442,8 +442,8 @@ struct OutTensor {
   int shard = 0;
   const PrequantTensor* copy = nullptr;  // lossless: written by WritePrequantTensor
   const model::PrequantLayer* layer = nullptr;  // requantize: the layer (its ".weight")
-  std::optional<QuantSpec> quant;
-  std::string role;  // requantize: "weight", "scales", "biases", "float"
+  std::optional<QuantSpec> quant = std::nullopt;
+  std::string role = "";  // requantize: "weight", "scales", "biases", "float"
 };
 
 
