@@ -65,10 +65,11 @@ TYPES = {
     "mxfp8": (["-q", "mxfp8"], dict(quantize=True, q_mode="mxfp8")),
 }
 
-# The representative subset pytest runs by default (STQUANT_ZOO=all: every arch): dense with
-# sanitize renames (gptj, phi3 fused qkv), MoE stacking (mixtral, qwen3_moe), MLA (deepseek_v3),
-# a state-space model (mamba), a hybrid with conv + norm offsets (qwen3_next), tied embeddings (gemma).
-DEFAULT_SUBSET = ["llama", "gemma", "gptj", "phi3", "mixtral", "qwen3_moe", "deepseek_v3", "mamba",
+# The representative subset pytest runs by default (STQUANT_ZOO=all: every arch): plain dense
+# (llama, qwen3 and its block-FP8 variant), tied embeddings (gemma), sanitize renames (gptj),
+# fused projections (phi3), MoE stacking (mixtral, qwen3_moe), MLA + block-FP8 (deepseek_v3), a
+# state-space model (mamba), a hybrid with conv, A_log and norm offsets (qwen3_next).
+DEFAULT_SUBSET = ["llama", "qwen3", "gemma", "gptj", "phi3", "mixtral", "qwen3_moe", "deepseek_v3", "mamba",
                   "qwen3_next"]
 # Block-FP8 variants (materialize form "fp8"): (zoo arch, how the reference gets its input)
 FP8_VARIANTS = {"deepseek_v3": "fp8", "qwen3": "fp8-decoded"}
@@ -221,9 +222,122 @@ def all_fields(args_class) -> list[str]:
 # mlx-lm knows under the family's name (its module reads a flat text config too).
 TEXT_ONLY_MODEL_TYPES = {"qwen3_5_text": "qwen3_5", "qwen3_5_moe_text": "qwen3_5_moe"}
 
-# Fields mlx-lm's ModelArgs requires that neither config.json nor transformers' AutoConfig object
-# carries (the transformers-5 implementation hard-codes the behaviour); value and why.
-V4_EXTRA: dict[str, dict] = {}
+
+def layer_period(c: dict) -> int | None:
+    """The period of a layer_types list whose last layer of each period is full attention (the
+    transformers-4 `sliding_window_pattern` / `full_attention_interval`)."""
+    types = c.get("layer_types")
+    if not isinstance(types, list) or "full_attention" not in types:
+        return None
+    return types.index("full_attention") + 1
+
+
+def _exaone4(c):
+    # mlx-lm reads EXAONE-4.0's pattern string ("LLLG": L = sliding, G = global), cycled over the
+    # layers; transformers 5 writes an int period and layer_types.
+    if isinstance(c.get("sliding_window_pattern"), int) and c.get("layer_types"):
+        n = layer_period(c) or len(c["layer_types"])
+        c["sliding_window_pattern"] = "".join("L" if t == "sliding_attention" else "G" for t in c["layer_types"][:n])
+
+
+def _mimo_v2_flash(c):
+    # transformers' MiMoV2FlashAttention: sliding layers have twice the kv heads and attention
+    # sinks, full ones neither; its config reads sliding_window = sliding_window_size + 1; the
+    # router is DeepSeek-V3's (sigmoid + e_score_correction_bias) without shared experts.
+    types, mlp = c.get("layer_types", []), c.get("mlp_layer_types", [])
+    swa = (c.get("rope_parameters") or {}).get("sliding_attention", {})
+    c.setdefault("hybrid_layer_pattern", [1 if t == "sliding_attention" else 0 for t in types])
+    c.setdefault("moe_layer_freq", [1 if t == "sparse" else 0 for t in mlp])
+    c.setdefault("add_swa_attention_sink_bias", True)
+    c.setdefault("add_full_attention_sink_bias", False)
+    if c.get("sliding_window") is not None:
+        c.setdefault("sliding_window_size", c["sliding_window"] - 1)
+    c.setdefault("n_shared_experts", None)
+    c.setdefault("topk_method", "noaux_tc")
+    c.setdefault("scoring_func", "sigmoid")
+    c.setdefault("layernorm_epsilon", c.get("rms_norm_eps"))
+    c.setdefault("swa_rope_theta", swa.get("rope_theta", c.get("rope_theta")))
+    c.setdefault("swa_num_attention_heads", c.get("num_attention_heads"))
+    c.setdefault("swa_num_key_value_heads", 2 * c.get("num_key_value_heads", 0))
+    c.setdefault("swa_head_dim", c.get("head_dim"))
+    c.setdefault("swa_v_head_dim", c.get("v_head_dim"))
+
+
+def _kimi_linear(c):
+    # Kimi-Linear ships its KDA layers as linear_attn_config (1-based layer numbers), which
+    # transformers 5 flattens into layer_types / linear_*; its MLA has no rotary embedding
+    # (rope_theta is read by mlx-lm's ModelArgs but unused).
+    types = c.get("layer_types", [])
+    c.setdefault("linear_attn_config", {
+        "kda_layers": [i + 1 for i, t in enumerate(types) if t == "linear_attention"],
+        "full_attn_layers": [i + 1 for i, t in enumerate(types) if t == "full_attention"],
+        "head_dim": c.get("linear_head_dim"), "num_heads": c.get("linear_num_heads"),
+        "short_conv_kernel_size": c.get("linear_conv_kernel_dim", 4)})
+    c.setdefault("rope_theta", 10000.0)
+
+
+def _granitemoehybrid(c):
+    # transformers 5 spells the layer kinds linear_attention / full_attention, mlx-lm (and
+    # transformers 4) mamba / attention.
+    names = {"linear_attention": "mamba", "full_attention": "attention"}
+    if isinstance(c.get("layer_types"), list):
+        c["layer_types"] = [names.get(t, t) for t in c["layer_types"]]
+
+
+def _gpt_bigcode(c):
+    # transformers' GPTBigCodeMLP: n_inner null means 4 * n_embd; mlx-lm needs the number.
+    if c.get("n_inner") is None and c.get("n_embd"):
+        c["n_inner"] = 4 * c["n_embd"]
+
+
+def _minimax(c):
+    # transformers' MiniMax / MiniMax-M2 have no shared expert and rotate head_dim *
+    # partial_rotary_factor dims (released checkpoints name it rotary_dim).
+    c.setdefault("shared_intermediate_size", 0)
+    if c.get("head_dim"):
+        c.setdefault("rotary_dim", int(c["head_dim"] * c.get("partial_rotary_factor", 1.0)))
+
+
+# Per-arch rules for the fields mlx-lm's ModelArgs needs that neither config.json nor
+# transformers' AutoConfig object carries, because the transformers-5 implementation hard-codes
+# the behaviour or moved it elsewhere. Each states where the value comes from.
+V4_DERIVED = {
+    # transformers' Apertus: MLP without bias, q/k norms always; mlx-lm reads only mlp_bias.
+    "apertus": lambda c: c.update({k: v for k, v in {"mlp_bias": False, "post_norm": False, "qk_norm": True}.items()
+                                   if k not in c}),
+    # mlx-lm's bailing_moe_v3 is transformers' BailingHybrid (KDA linear attention); mlx-lm picks
+    # it by architectures (MODEL_ARCHITECTURE_REMAPPING), its bailing_hybrid is an older model.
+    "bailing_hybrid": lambda c: c.update(architectures=["BailingMoeV3ForCausalLM"]),
+    "exaone4": _exaone4,
+    # transformers' ExaoneMoe: mlp_layer_types "sparse" layers are MoE.
+    "exaone_moe": lambda c: c.setdefault("is_moe_layer", [t == "sparse" for t in c.get("mlp_layer_types", [])]),
+    # transformers' GlmMoeDsa router is DeepSeek-V3's (sigmoid + e_score_correction_bias, i.e.
+    # noaux_tc), every layer after first_k_dense_replace is MoE.
+    "glm_moe_dsa": lambda c: c.update({k: v for k, v in {"topk_method": "noaux_tc", "scoring_func": "sigmoid",
+                                                         "moe_layer_freq": 1}.items() if k not in c}),
+    # GPT-2's context length: transformers 4 configs carried n_ctx = n_positions.
+    "gpt2": lambda c: c.setdefault("n_ctx", c.get("n_positions")),
+    "gpt_bigcode": _gpt_bigcode,
+    # GPT-NeoX's transformers-4 names of rope_theta / partial_rotary_factor.
+    "gpt_neox": lambda c: c.update({k: v for k, v in {"rotary_emb_base": c.get("rope_theta"),
+                                                      "rotary_pct": c.get("partial_rotary_factor", 1.0)}.items()
+                                    if k not in c}),
+    "granitemoehybrid": _granitemoehybrid,
+    "kimi_linear": _kimi_linear,
+    # LFM2's block_dim is the hidden size (transformers 5 dropped the field).
+    "lfm2": lambda c: c.setdefault("block_dim", c.get("hidden_size")),
+    # transformers' LongcatFlash: MLA attention, zero experts are identities, q/kv LoRA outputs
+    # scaled by sqrt(hidden / rank) (mla_scale_q_lora / mla_scale_kv_lora of the release).
+    "longcat_flash": lambda c: c.update({k: v for k, v in {"attention_method": "MLA", "zero_expert_type": "identity",
+                                                           "mla_scale_q_lora": True, "mla_scale_kv_lora": True}.items()
+                                         if k not in c}),
+    "mimo_v2_flash": _mimo_v2_flash,
+    "minimax": _minimax,
+    # transformers' SolarOpen: every layer MoE (no dense intermediate size), full rotary.
+    "solar_open": lambda c: c.update({k: v for k, v in {"first_k_dense_replace": 0,
+                                                        "intermediate_size": c.get("moe_intermediate_size"),
+                                                        "partial_rotary_factor": 1.0}.items() if k not in c}),
+}
 
 
 def rope_dict(config: dict) -> dict | None:
@@ -247,9 +361,13 @@ def v4_config(config: dict, autoconfig: dict) -> tuple[dict, list[str]]:
          "default";
       4. num_experts <- num_local_experts;
       5. head_dim <- AutoConfig's head_dim, else hidden_size // num_attention_heads;
-      6. every field ModelArgs requires without a default: AutoConfig's attribute of that name,
+      6. the arch's own rules (V4_DERIVED, by mlx-lm model_type: fields whose meaning
+         transformers 5 moved, e.g. gpt_neox rotary_pct, exaone_moe is_moe_layer);
+      7. sliding_window_pattern / full_attention_interval where ModelArgs has the field: the
+         period of layer_types (position of the first full_attention + 1);
+      8. every field ModelArgs requires without a default: AutoConfig's attribute of that name,
          else the attribute it aliases (AutoConfig.attribute_map, e.g. exaone's num_layers ->
-         num_hidden_layers), else V4_EXTRA[model_type]."""
+         num_hidden_layers). What is still missing is returned (mlx_lm.convert will fail)."""
     c = json.loads(json.dumps(config))
     c["model_type"] = TEXT_ONLY_MODEL_TYPES.get(c.get("model_type"), c.get("model_type"))
     if "dtype" in c and "torch_dtype" not in c:
@@ -269,23 +387,30 @@ def v4_config(config: dict, autoconfig: dict) -> tuple[dict, list[str]]:
             c["head_dim"] = autoconfig["head_dim"]
         elif "hidden_size" in c and c.get("num_attention_heads"):
             c["head_dim"] = c["hidden_size"] // c["num_attention_heads"]
+    from mlx_lm.utils import MODEL_REMAPPING
+
+    model_type = MODEL_REMAPPING.get(c["model_type"], c["model_type"])
+    if model_type in V4_DERIVED:
+        V4_DERIVED[model_type](c)
     missing = []
     try:
         _, args_class = mlx_lm_classes(c["model_type"], c.get("architectures"))
     except (ImportError, ValueError):
         return c, missing
+    fields = all_fields(args_class)
+    period = layer_period(c)
+    for field in ("sliding_window_pattern", "full_attention_interval"):
+        if (field in fields or "text_config" in fields) and field not in c and period:
+            c[field] = period
     aliases = autoconfig.get("attribute_map") or {}
-    extra = V4_EXTRA.get(c["model_type"], {})
     for field in required_fields(args_class):
-        if field in c:
+        if field in c or field == "text_config":  # text_config: modules that read a flat config
             continue
         if autoconfig.get(field) is not None:
             c[field] = autoconfig[field]
         elif field in aliases and (autoconfig.get(aliases[field]) is not None or c.get(aliases[field]) is not None):
             alias = aliases[field]
             c[field] = autoconfig[alias] if autoconfig.get(alias) is not None else c[alias]
-        elif field in extra:
-            c[field] = extra[field][0]
         else:
             missing.append(field)
     return c, missing
@@ -391,19 +516,23 @@ def materialize(arch: str, form: str = "v5") -> Path:
       v4           the same with the transformers-4 config (mlx_lm.convert's input)
       fp8 / fp8-v4 the block-FP8 variant (F8_E4M3 weights + F32 weight_scale_inv per 128x128)
       fp8-decoded  the FP8 variant decoded to BF16 by the reference formula, v4 config."""
-    d = CACHE / "models" / f"{arch}-{fixture_hash(arch)}" / form
+    fixture = load_fixture(arch)
+    config = fixture["config"]
+    if form in ("fp8", "fp8-v4"):
+        config = dict(config, quantization_config=FP8_QUANTIZATION_CONFIG)
+    if form in ("v4", "fp8-v4", "fp8-decoded"):
+        config, _ = v4_config(config, fixture["autoconfig"])
+    config_text = json.dumps(config, indent=2) + "\n"
+    # The directory is named by the config too: a change of the v4 rules makes a new one.
+    config_hash = hashlib.sha256(config_text.encode()).hexdigest()[:8]
+    d = CACHE / "models" / f"{arch}-{fixture_hash(arch)}" / f"{form}-{config_hash}"
     if (d / "config.json").is_file():
         return d
-    fixture = load_fixture(arch)
     tmp = Path(tempfile.mkdtemp(dir=d.parent if d.parent.is_dir() else _mkdir(d.parent)))
-    config = fixture["config"]
-    if form in ("v5", "v4"):
-        if form == "v4":
-            v5 = materialize(arch, "v5")
-            os.link(v5 / "model.safetensors", tmp / "model.safetensors")
-            config, _ = v4_config(config, fixture["autoconfig"])
-        else:
-            write_safetensors(tmp / "model.safetensors", model_tensors(arch, fixture), header_text=fixture["header_text"])
+    if form == "v4":
+        os.link(materialize(arch, "v5") / "model.safetensors", tmp / "model.safetensors")
+    elif form == "v5":
+        write_safetensors(tmp / "model.safetensors", model_tensors(arch, fixture), header_text=fixture["header_text"])
     else:
         tensors = model_tensors(arch, fixture)
         out = {}
@@ -416,13 +545,8 @@ def materialize(arch: str, form: str = "v5") -> Path:
                     out[name], out[name + "_scale_inv"] = codes, scale
             else:
                 out[name] = value
-        metadata = fixture["header"].get("__metadata__")
-        write_safetensors(tmp / "model.safetensors", out, metadata=metadata)
-        if form in ("fp8", "fp8-v4"):
-            config = dict(config, quantization_config=FP8_QUANTIZATION_CONFIG)
-        if form in ("fp8-v4", "fp8-decoded"):
-            config, _ = v4_config(config, fixture["autoconfig"])
-    (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        write_safetensors(tmp / "model.safetensors", out, metadata=fixture["header"].get("__metadata__"))
+    (tmp / "config.json").write_text(config_text)
     if fixture["generation_config"] is not None:
         (tmp / "generation_config.json").write_bytes(fixture["generation_config"])
     for p in TOKENIZER.iterdir():
@@ -563,25 +687,37 @@ def group_names(names) -> list[str]:
 
 def compare_dirs(ours: Path, theirs: Path) -> list[dict]:
     """The differences of two mlx-lm model directories, each {"class", "detail", "names"}:
-    names (only in one), quantized (quantized in one, not the other), dtype, shape, bytes, config."""
+      names      tensors in one output only (quantization companions listed with their weight)
+      quantized  a module quantized in one output and kept in the other
+      qparams    a module quantized in both with another mode or bits (companions or shapes differ)
+      dtype, shape, bytes   of the other tensors both have
+      config     the quantization blocks (quantization_config only where it is not a copy)
+      args       mlx-lm's ModelArgs built from each config.json (what the model is made of)"""
     a, ca = load_outputs(ours)
     b, cb = load_outputs(theirs)
     diffs = []
-    only_a, only_b = set(a) - set(b), set(b) - set(a)
-    # A weight both have, with quantization companions in one only.
-    q_a = {n.rsplit(".", 1)[0] for n in only_a if n.endswith(QUANT_SUFFIXES)}
-    q_b = {n.rsplit(".", 1)[0] for n in only_b if n.endswith(QUANT_SUFFIXES)}
-    q_a = {m for m in q_a if m + ".weight" in a and m + ".weight" in b}
-    q_b = {m for m in q_b if m + ".weight" in a and m + ".weight" in b}
-    if q_a:
-        diffs.append({"class": "quantized", "detail": "stquant quantizes, mlx-lm keeps",
-                      "names": group_names(m + ".weight" for m in q_a)})
-    if q_b:
-        diffs.append({"class": "quantized", "detail": "mlx-lm quantizes, stquant keeps",
-                      "names": group_names(m + ".weight" for m in q_b)})
-    handled = {m + s for m in q_a | q_b for s in QUANT_SUFFIXES + (".weight",)}
-    only_a -= handled
-    only_b -= handled
+
+    def companions(t, m):
+        return tuple(s for s in QUANT_SUFFIXES if m + s in t)
+
+    modules = {n[:-len(".weight")] for n in a if n.endswith(".weight") and n in b}
+    q_a, q_b, q_params = [], [], []
+    for m in sorted(modules):
+        sa, sb = companions(a, m), companions(b, m)
+        if ".scales" in sa and ".scales" not in sb:
+            q_a.append(m)
+        elif ".scales" in sb and ".scales" not in sa:
+            q_b.append(m)
+        elif sa and (sa != sb or any(a[m + x][:2] != b[m + x][:2] for x in sa + (".weight",))):
+            q_params.append((m, f"stquant {describe_quantized(ca, m)} vs mlx-lm {describe_quantized(cb, m)}"))
+    for items, detail in ((q_a, "stquant quantizes, mlx-lm keeps"), (q_b, "mlx-lm quantizes, stquant keeps")):
+        if items:
+            diffs.append({"class": "quantized", "detail": detail, "names": group_names(m + ".weight" for m in items)})
+    if q_params:
+        diffs.append({"class": "qparams", "detail": "quantized in both, another mode or bits",
+                      "names": group_pairs(q_params)})
+    handled = {m + x for m in q_a + q_b + [m for m, _ in q_params] for x in QUANT_SUFFIXES + (".weight",)}
+    only_a, only_b = set(a) - set(b) - handled, set(b) - set(a) - handled
     # A weight in one output only: its quantization companions are listed with it, not apart.
     only_a = {n for n in only_a if not (n.endswith(QUANT_SUFFIXES) and n.rsplit(".", 1)[0] + ".weight" in only_a)}
     only_b = {n for n in only_b if not (n.endswith(QUANT_SUFFIXES) and n.rsplit(".", 1)[0] + ".weight" in only_b)}
@@ -604,21 +740,67 @@ def compare_dirs(ours: Path, theirs: Path) -> list[dict]:
             detail = {"dtype": "dtype differs (stquant vs mlx-lm)", "shape": "shape differs (stquant vs mlx-lm)",
                       "bytes": "same dtype and shape, bytes differ"}[cls]
             diffs.append({"class": cls, "detail": detail, "names": names})
-    for key in ("quantization", "quantization_config"):
-        va, vb = normalize_quantization(ca.get(key)), normalize_quantization(cb.get(key))
-        if va != vb:
-            diffs.append({"class": "config", "detail": f"{key} differs", "names": config_diff(va, vb)})
+    qa, qb = normalize_quantization(ca.get("quantization")), normalize_quantization(cb.get("quantization"))
+    if qa != qb:
+        diffs.append({"class": "config", "detail": "quantization differs", "names": config_diff(qa, qb)})
+    qca, qcb = normalize_quantization(ca.get("quantization_config")), normalize_quantization(cb.get("quantization_config"))
+    if qca != qcb and (qca != qa or qcb != qb):
+        diffs.append({"class": "config", "detail": "quantization_config differs", "names": config_diff(qca, qcb)})
+    ma, mb = model_args(ca), model_args(cb)
+    # head_dim null means hidden_size // num_attention_heads to every mlx-lm model.
+    for x, y in ((ma, mb), (mb, ma)):
+        if x.get("head_dim") is None and y.get("head_dim") and y.get("num_attention_heads") and \
+                y["head_dim"] == (y.get("hidden_size") or 0) // y["num_attention_heads"]:
+            x["head_dim"] = y["head_dim"]
+    args = config_diff(ma, mb)
+    if args:
+        diffs.append({"class": "args", "detail": "mlx-lm's ModelArgs of the two config.json differ", "names": args})
     return diffs
+
+
+def describe_quantized(config: dict, m: str) -> str:
+    """A module's quantization as its config.json records it: the per-layer entry, else the global."""
+    q = config.get("quantization") or {}
+    e = q.get(m) if isinstance(q.get(m), dict) else q
+    return f"{e.get('mode', 'affine')} {e.get('bits')}-bit g{e.get('group_size') or q.get('group_size')}"
+
+
+def group_pairs(pairs) -> list[str]:
+    """(name, text) pairs as "pattern (xK): text", one line per pattern and text."""
+    counts = {}
+    for name, text in pairs:
+        key = (pattern(name), text)
+        counts[key] = counts.get(key, 0) + 1
+    return [f"{p}{f' (x{c})' if c > 1 else ''}: {t}" for (p, t), c in counts.items()]
+
+
+def model_args(config: dict):
+    """mlx-lm's ModelArgs of a config.json as a dict (after its __post_init__), or the error."""
+    import dataclasses
+
+    try:
+        _, args_class = mlx_lm_classes(config.get("model_type", ""), config.get("architectures"))
+        args = args_class.from_dict(config)
+    except BaseException as e:  # noqa: B036
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        return {"(error)": short_error(e)}
+    out = {}
+    for f in dataclasses.fields(args):
+        v = getattr(args, f.name)
+        if dataclasses.is_dataclass(v):
+            v = dataclasses.asdict(v)
+        out[f.name] = json.loads(json.dumps(v, default=str))
+    return out
 
 
 def config_diff(a, b) -> list[str]:
     if not isinstance(a, dict) or not isinstance(b, dict):
         return [f"stquant {json.dumps(a)} vs mlx-lm {json.dumps(b)}"]
-    out = []
-    for k in sorted(set(a) | set(b)):
-        if a.get(k) != b.get(k):
-            out.append(f"{k}: stquant {json.dumps(a.get(k))} vs mlx-lm {json.dumps(b.get(k))}")
-    return out
+    if "(error)" in a or "(error)" in b:  # ModelArgs could not be built from one of them
+        return [f"{who}: {x['(error)']}" for who, x in (("stquant", a), ("mlx-lm", b)) if "(error)" in x]
+    return group_pairs((k, f"stquant {json.dumps(a.get(k))} vs mlx-lm {json.dumps(b.get(k))}")
+                       for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
 
 
 def check(arch: str, type_name: str, variant: str = "", keep: Path | None = None) -> dict:
@@ -671,6 +853,20 @@ def check(arch: str, type_name: str, variant: str = "", keep: Path | None = None
         shutil.rmtree(work, ignore_errors=True)
 
 
+def acceptable(r: dict) -> bool:
+    """What the issue asks of each check: stquant refuses (exit 2), or its output is identical to
+    the reference with equal tokens; where mlx_lm.convert fails, stquant's output loads and
+    generates; where the reference converts but does not run, the tensors are identical."""
+    v = r["verdict"]
+    if v == "stquant refused" or v == "identical":
+        return True
+    if v.startswith("reference failed"):
+        return r.get("tokens") is not None
+    if v.startswith("reference does not generate"):
+        return not r["diffs"]
+    return False
+
+
 def describe(r: dict) -> str:
     head = f"{r['arch'] + ('-' + r['variant'] if r['variant'] else ''):24} {r['type']:6} "
     if r["verdict"] == "identical":
@@ -678,7 +874,9 @@ def describe(r: dict) -> str:
     if r["verdict"].startswith("stquant"):
         return head + f"{r['verdict']}: {r['stquant_error']}"
     if r["verdict"].startswith("reference failed"):
-        return head + f"{r['verdict']} (mlx_lm.convert: {r['reference']['error']})"
+        return head + f"{r['verdict'][:200]} (mlx_lm.convert: {r['reference']['error'][:200]})"
+    if not r["diffs"]:
+        return head + r["verdict"]
     d = r["diffs"][0]
     return head + f"{r['verdict']}: {d['class']}: {d['detail']}: {d['names'][0]}" + (
         f" (+{len(r['diffs']) - 1} more classes)" if len(r["diffs"]) > 1 else "")
@@ -746,10 +944,9 @@ def summarize(results: list[dict]) -> list[str]:
         for r in rs:
             v = r["verdict"].split(";")[0].split(":")[0]
             counts[v] = counts.get(v, 0) + 1
-        ref_ok = sum(1 for r in rs if r.get("reference", {}).get("ok"))
-        ident = sum(1 for r in rs if r["verdict"] == "identical")
-        lines.append(f"{key:14} {len(rs)} archs: " + (f"mlx_lm.convert ok {ref_ok}, " if "reference" in rs[0] else "")
-                     + f"identical {ident}; " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+        lines.append(f"{key:14} {len(rs)} archs: "
+                     + (f"mlx_lm.convert converts / and runs {ref_counts(rs)}; " if "reference" in rs[0] else "")
+                     + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     return lines
 
 
@@ -800,6 +997,195 @@ def cmd_worker(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------
+# The status report (markdown) from the results of `check --json`.
+
+# Why mlx_lm.convert cannot convert an arch's v4 form, and what would make it usable; by arch.
+REFERENCE_NOTES = {
+    "bailing_hybrid": "zoo config unreadable by transformers 5.25 itself (expert_swiglu_limit_list / "
+                      "share_expert_swiglu_limit_list keep 42 entries for 2 layers: no autoconfig.json); "
+                      "transformers' BailingHybrid is mlx-lm's bailing_moe_v3 (picked by architectures "
+                      "BailingMoeV3ForCausalLM), whose names differ (attention.* of the KDA layers)",
+    "bitnet": "mlx-lm's bitnet reads only the packed ternary release (weight_scale per projection); a "
+              "bf16 BitNet is not an mlx-lm input",
+    "deepseek_v2": "mlx-lm's deepseek_v2 reads rope_scaling['factor'] unconditionally (YaRN): the zoo "
+                   "uses default RoPE; DeepSeek-V2(-Lite) ships YaRN",
+    "gpt2": "mlx-lm's gpt2 sanitize expects the GPT2Model names (h.N.*), transformers' GPT2LMHeadModel "
+            "writes transformer.h.N.*",
+    "gpt_neox": "mlx-lm's gpt_neox hard-codes the MLP as 4 * hidden_size; the zoo has intermediate_size "
+                "128 = 2 * hidden_size",
+    "gpt_oss": "mlx-lm's gpt_oss sanitize reads the MXFP4 release (gate_up_proj_blocks); the bf16 form "
+               "(experts.gate_up_proj [E, hidden, 2I]) is split on the wrong axis and left without .weight",
+    "jamba": "shrinking left attn_layer_period 8 / offset 4 for 2 layers: no attention layer, which "
+             "mlx-lm's jamba requires",
+    "kimi_linear": "the zoo's MLA has q_lora_rank 64 (q_a_proj / q_b_proj), mlx-lm's kimi_linear only "
+                   "q_proj (Kimi-Linear ships q_lora_rank null); dense layer names differ "
+                   "(block_sparse_moe.*_proj)",
+    "lfm2": "shrinking kept only full-attention layers (layer_types, and full_attn_idxs 0..31): "
+            "mlx-lm's lfm2 needs a conv layer",
+    "llama4": "mlx-lm runs Llama 4 MoE only as the multimodal checkpoint (model_type llama4, text_config, "
+              "language_model.* names); its llama4_text is a dense tied model. transformers' text-only "
+              "Llama4ForCausalLM form has no mlx-lm reader",
+    "llama4_text": "as llama4",
+    "minicpm3": "mlx-lm's minicpm3 always builds LongRoPE from rope_scaling (short/long factors): the zoo "
+                "uses default RoPE; MiniCPM3 ships longrope",
+    "minimax": "the zoo is MiniMax-Text-01 (lightning linear-attention layers); mlx-lm's minimax is "
+               "MiniMax-M2 (full attention only)",
+    "nanochat": "mlx-lm's nanochat reads the original nanochat names (no sanitize for transformers' "
+                "model.layers.N.mlp.fc1 / self_attn.*)",
+    "nemotron_h": "shrinking left layers_block_type [mamba, moe]: mlx-lm's nemotron_h needs an attention "
+                  "layer (its mask is built from the first one)",
+    "olmo": "mlx-lm's olmo is the original OLMo format (needs the ai2-olmo package, d_model / n_layers); "
+            "transformers' Olmo is not an mlx-lm input",
+    "olmo_hybrid": "transformers 5.25 names the linear layers' norms attention_layer_norm / "
+                   "feedforward_layer_norm; mlx-lm 0.32.2's olmo_hybrid input_layernorm / "
+                   "post_attention_layernorm",
+    "phimoe": "mlx-lm's phimoe hard-codes attention and lm_head biases; the zoo has attention_bias "
+              "false (Phi-3.5-MoE ships attention_bias and lm_head_bias true)",
+    "qwen3_5_moe": "mlx-lm's qwen3_5_moe stacks only the fused release form (experts.gate_up_proj / "
+                   "experts.down_proj); transformers 5.25 writes per-expert tensors",
+    "smollm3": "shrinking left no_rope_layers with 36 entries for 2 layers",
+}
+
+TYPE_COLUMNS = list(TYPES) + ["ollama-int4"]
+
+
+def cell(r: dict | None) -> str:
+    if r is None:
+        return ""
+    v = r["verdict"]
+    if v == "identical":
+        return "="
+    if v.startswith("stquant refused"):
+        return "refused"
+    if v.startswith("stquant failed") or v == "harness failed":
+        return "FAILED"
+    if v.startswith("reference failed"):
+        return "ref ✗, loads" if r.get("tokens") is not None else "ref ✗, no load"
+    classes = ",".join(sorted({d["class"] for d in r["diffs"]}))
+    if v.startswith("reference does not generate"):  # converted, but does not run on the CPU
+        return "ref gen ✗, " + ("=" if not classes else "≠ " + classes)
+    return "≠ " + classes
+
+
+def tokens_cell(r: dict | None) -> str:
+    if not r or r.get("tokens") is None or not (r.get("reference") or {}).get("ok"):
+        return ""
+    return "yes" if r["tokens"] == r["reference"]["tokens"] else "no"
+
+
+def ref_counts(rs) -> str:
+    refs = [r.get("reference") for r in rs if r.get("reference")]
+    if not refs:
+        return "-"
+    converts = sum(1 for x in refs if x["ok"] or x["stage"] == "generate")
+    return f"{converts} / {sum(1 for x in refs if x['ok'])}"
+
+
+def report(data: dict, commit: str = "") -> str:
+    results = data["results"]
+    by_arch: dict[str, dict] = {}
+    for r in results:
+        name = r["arch"] + ("-" + r["variant"] if r["variant"] else "")
+        by_arch.setdefault(name, {})[r["type"]] = r
+    lines = ["# Architecture zoo: stquant against mlx_lm.convert", "",
+             f"Generated by `tests/python/zoo.py report` from `scripts/zoo-check --fp8 --ollama --json FILE`"
+             f" (mlx-lm {data['mlx_lm']}{', stquant ' + commit if commit else ''}). Do not edit by hand.", "",
+             "Per arch x type: stquant converts the transformers-5 checkpoint (tests/zoo/<arch>), "
+             "mlx_lm.convert its transformers-4 form (tests/python/zoo.py `v4_config`). "
+             "`=`: identical tensors (names, dtypes, shapes, bytes), equal quantization blocks and equal "
+             "greedy tokens. `≠ classes`: see the differences below. `ref ✗`: mlx_lm.convert fails on the "
+             "v4 form; then `loads` / `no load` says whether stquant's output loads and generates in mlx-lm. "
+             "ollama-int4: `--layout ollama -q int4`, the store read back and every quantized tensor equal "
+             "to pip `mx.quantize` of its source.", "", "## Summary", ""]
+    lines += ["| type | archs | mlx_lm.convert converts / and runs | identical | differs | ref ✗: stquant loads | ref ✗: no load | "
+              "ref converts, does not generate | refused |", "|---|---|---|---|---|---|---|---|---|"]
+    for t in TYPE_COLUMNS:
+        for variant in ("", "fp8"):
+            rs = [r for r in results if r["type"] == t and r["variant"] == variant]
+            if not rs:
+                continue
+            cells = [cell(r) for r in rs]
+            lines.append(f"| {t}{' (' + variant + ')' if variant else ''} | {len(rs)} | "
+                         f"{ref_counts(rs)} | "
+                         f"{cells.count('=')} | {sum(1 for c in cells if c.startswith('≠'))} | "
+                         f"{cells.count('ref ✗, loads')} | {cells.count('ref ✗, no load')} | "
+                         f"{sum(1 for c in cells if c.startswith('ref gen'))} | {cells.count('refused')} |")
+    lines += ["", "## Per architecture", "",
+              "| arch | model_type | mlx_lm.convert (v4) | " + " | ".join(TYPE_COLUMNS) + " | tokens equal |",
+              "|---" * (len(TYPE_COLUMNS) + 4) + "|"]
+    for name in sorted(by_arch):
+        rs = by_arch[name]
+        first = next(iter(rs.values()))
+        arch = first["arch"]
+        model_type = json.loads((ZOO / arch / "config.json").read_text()).get("model_type", "")
+        refs = [r["reference"] for r in rs.values() if r.get("reference")]
+        ref = ("ok" if all(x["ok"] for x in refs) else
+               "fails" if not any(x["ok"] for x in refs) else
+               "ok for " + ",".join(r["type"] for r in rs.values() if (r.get("reference") or {}).get("ok")))
+        toks = [tokens_cell(rs.get(t)) for t in TYPES]
+        tok = "yes" if toks and all(x == "yes" for x in toks) else ",".join(
+            t for t, x in zip(TYPES, toks) if x == "no") and "no: " + ",".join(t for t, x in zip(TYPES, toks) if x == "no") or ""
+        lines.append(f"| {name} | {model_type} | {ref} | " + " | ".join(cell(rs.get(t)) for t in TYPE_COLUMNS)
+                     + f" | {tok} |")
+    lines += ["", "## Differences, by architecture", "",
+              "Names use N for layer / expert indices; (xK): K tensors. Types in brackets.", ""]
+    for name in sorted(by_arch):
+        rs = by_arch[name]
+        groups: dict[tuple, list[str]] = {}
+        for t in TYPE_COLUMNS:
+            r = rs.get(t)
+            if not r:
+                continue
+            for d in r["diffs"]:
+                groups.setdefault((d["class"], d["detail"], tuple(d["names"][:12]), len(d["names"])), []).append(t)
+            if r["verdict"].startswith(("stquant refused", "stquant failed")):
+                groups.setdefault(("stquant", r["verdict"], (r.get("stquant_error") or "",), 1), []).append(t)
+            if r["verdict"].startswith("reference failed") and r.get("tokens") is None:
+                groups.setdefault(("load", "reference failed and stquant's output does not load in mlx-lm",
+                                   (r.get("load_error") or "",), 1), []).append(t)
+        if not groups:
+            continue
+        lines += [f"### {name}", ""]
+        for (cls, detail, names, n), types in sorted(groups.items(), key=lambda kv: kv[0][0]):
+            shown = "; ".join(f"`{x}`" if cls not in ("tokens", "load", "stquant", "ollama", "config") else x
+                              for x in names)
+            more = f" (+{n - len(names)} more)" if n > len(names) else ""
+            lines.append(f"- **{cls}** [{','.join(types)}]: {detail}: {shown}{more}")
+        lines.append("")
+    failed = {}
+    for name, rs in by_arch.items():
+        for r in rs.values():
+            ref = r.get("reference")
+            if ref and not ref["ok"]:
+                failed.setdefault(name, (ref["stage"], ref["error"]))
+    lines += ["## Where mlx_lm.convert fails on the v4 form", "",
+              "| arch | stage | error | why (and what would make it usable) |", "|---|---|---|---|"]
+    for name, (stage, error) in sorted(failed.items()):
+        note = REFERENCE_NOTES.get(name.replace("-fp8", ""), "")
+        lines.append(f"| {name} | {stage} | {error.replace('|', '/')[:160]} | {note} |")
+    return "\n".join(lines) + "\n"
+
+
+def cmd_report(args) -> int:
+    data = json.loads(Path(args.json).read_text())
+    commit = subprocess.run(["git", "-C", str(REPO), "log", "-1", "--format=%h"], capture_output=True,
+                            text=True).stdout.strip()
+    if args.known:
+        known = {}
+        for r in data["results"]:
+            if not acceptable(r):
+                name = r["arch"] + ("-" + r["variant"] if r["variant"] else "")
+                known.setdefault(name, {})[r["type"]] = cell(r)
+        Path(args.known).write_text(json.dumps(known, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
+    text = report(data, commit)
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="zoo.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -824,7 +1210,13 @@ def main(argv=None):
         p.add_argument("--types", default=",".join(TYPES))
         p.add_argument("--fp8", action="store_true", help="also the block-FP8 variants")
         p.add_argument("--ollama", action="store_true", help="also --layout ollama -q int4")
+    p = sub.add_parser("report", help="the markdown status table from `check --json`")
+    p.add_argument("--json", required=True)
+    p.add_argument("-o", "--output")
+    p.add_argument("--known", help="also write the checks that fail today (tests/zoo/known_differences.json)")
     args = ap.parse_args(argv)
+    if args.command == "report":
+        return cmd_report(args)
     if args.command == "check":
         return cmd_check(args)
     if args.command == "_worker":
