@@ -1047,6 +1047,40 @@ REFERENCE_NOTES = {
     "smollm3": "shrinking left no_rope_layers with 36 entries for 2 layers",
 }
 
+# Zoo entries whose shrunken config defeats the comparison: the config overrides to give
+# make_arch_zoo.py (SMALL / shrink) when the raw zoo is written again, and why.
+REGENERATE = {
+    "bailing_hybrid": ({"expert_swiglu_limit_list": [0, 0], "share_expert_swiglu_limit_list": [0, 0],
+                        "linear_num_heads": 2, "linear_head_dim": 32},
+                       "lists must have one entry per layer (transformers refuses the config); KDA left unshrunk"),
+    "deepseek_v2": ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 40.0,
+                                         "original_max_position_embeddings": 4096, "beta_fast": 32.0,
+                                         "beta_slow": 1.0, "mscale": 0.707, "mscale_all_dim": 0.707}},
+                    "DeepSeek-V2(-Lite)'s YaRN; mlx-lm's deepseek_v2 requires rope_scaling"),
+    "minicpm3": ({"rope_parameters": {"rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1.0] * 8,
+                                      "long_factor": [1.0] * 8, "original_max_position_embeddings": 256}},
+                 "MiniCPM3's LongRoPE (qk_rope_head_dim / 2 = 8 factors); mlx-lm's minicpm3 requires it"),
+    "gpt_neox": ({"intermediate_size": 256}, "mlx-lm's gpt_neox hard-codes 4 * hidden_size"),
+    "jamba": ({"attn_layer_period": 2, "attn_layer_offset": 1}, "no attention layer among 2 layers"),
+    "kimi_linear": ({"q_lora_rank": None, "linear_num_heads": 2, "linear_head_dim": 32},
+                    "Kimi-Linear has no q LoRA (mlx-lm reads q_proj); KDA left unshrunk"),
+    "lfm2": ({"layer_types": ["conv", "full_attention"], "full_attn_idxs": [1]}, "no conv layer"),
+    "granitemoehybrid": ({"layer_types": ["linear_attention", "full_attention"]},
+                         "transformers' default is every layer mamba: no attention layer"),
+    "nemotron_h": ({"num_hidden_layers": 3, "layers_block_type": ["linear_attention", "full_attention", "moe"],
+                    "mamba_num_heads": 4, "moe_shared_expert_intermediate_size": 64},
+                   "no attention layer among 2 (mlx-lm needs one); mamba heads and shared expert unshrunk"),
+    "phimoe": ({"attention_bias": True, "lm_head_bias": True},
+               "Phi-3.5-MoE's biases, which mlx-lm's phimoe hard-codes"),
+    "smollm3": ({"no_rope_layers": [1, 0]}, "no_rope_layers kept 36 entries for 2 layers"),
+    "glm_moe_dsa": ({"indexer_types": ["full", "full"]}, "indexer_types kept 78 entries for 2 layers"),
+    "qwen3": ({"intermediate_size": 320},
+              "the block-FP8 variant: weights spanning several 128x128 blocks with a partial last one"),
+    "deepseek_v3": ({"intermediate_size": 320, "moe_intermediate_size": 192, "num_attention_heads": 4},
+                    "the block-FP8 variant: MLP, experts and kv_b_proj (4 x 48 = 192 rows) over several "
+                    "128-blocks, the last partial"),
+}
+
 TYPE_COLUMNS = list(TYPES) + ["ollama-int4"]
 
 
@@ -1072,6 +1106,14 @@ def tokens_cell(r: dict | None) -> str:
     if not r or r.get("tokens") is None or not (r.get("reference") or {}).get("ok"):
         return ""
     return "yes" if r["tokens"] == r["reference"]["tokens"] else "no"
+
+
+def rs_has(r: dict | None, cls: str) -> bool:
+    if not r:
+        return False
+    if cls == "load" and r["verdict"].startswith("reference failed") and r.get("tokens") is None:
+        return True
+    return any(d["class"] == cls for d in r["diffs"])
 
 
 def ref_counts(rs) -> str:
@@ -1128,6 +1170,28 @@ def report(data: dict, commit: str = "") -> str:
             t for t, x in zip(TYPES, toks) if x == "no") and "no: " + ",".join(t for t, x in zip(TYPES, toks) if x == "no") or ""
         lines.append(f"| {name} | {model_type} | {ref} | " + " | ".join(cell(rs.get(t)) for t in TYPE_COLUMNS)
                      + f" | {tok} |")
+    lines += ["", "## Differences, by class", "",
+              "| class | what | archs (types where not all) |", "|---|---|---|"]
+    what = {"names": "tensor names differ (sanitize renames, expert stacking, splits, drops)",
+            "quantized": "a module quantized by one tool and kept by the other (quant_predicate, "
+                         "non-Linear modules)",
+            "qparams": "quantized by both with another mode or bits (per-layer entries, e.g. 8-bit routers)",
+            "config": "quantization / quantization_config blocks differ",
+            "args": "mlx-lm's ModelArgs built from stquant's config.json differ from the reference's "
+                    "(config translation)",
+            "load": "stquant's output does not load or run in mlx-lm",
+            "dtype": "same name, another dtype", "shape": "same name, another shape (reshape / moveaxis)",
+            "bytes": "same name, dtype and shape, other bytes (value ops, e.g. norm + 1)",
+            "tokens": "greedy tokens differ", "ollama": "ollama store check"}
+    for cls in what:
+        archs_with = []
+        for name in sorted(by_arch):
+            types = [t for t in TYPE_COLUMNS if rs_has(by_arch[name].get(t), cls)]
+            if types:
+                all_types = [t for t in TYPES if t in by_arch[name]]
+                archs_with.append(name + ("" if types == all_types else f" ({','.join(types)})"))
+        if archs_with:
+            lines.append(f"| {cls} | {what[cls]} | {len(archs_with)}: {', '.join(archs_with)} |")
     lines += ["", "## Differences, by architecture", "",
               "Names use N for layer / expert indices; (xK): K tensors. Types in brackets.", ""]
     for name in sorted(by_arch):
@@ -1164,6 +1228,11 @@ def report(data: dict, commit: str = "") -> str:
     for name, (stage, error) in sorted(failed.items()):
         note = REFERENCE_NOTES.get(name.replace("-fp8", ""), "")
         lines.append(f"| {name} | {stage} | {error.replace('|', '/')[:160]} | {note} |")
+    lines += ["", "## Zoo entries to write again", "",
+              "Config overrides for `make_arch_zoo.py` (after its shrinking) that make these entries "
+              "usable or more telling:", "", "| arch | overrides | why |", "|---|---|---|"]
+    for arch, (overrides, why) in sorted(REGENERATE.items()):
+        lines.append(f"| {arch} | `{json.dumps(overrides)}` | {why} |")
     return "\n".join(lines) + "\n"
 
 
