@@ -79,7 +79,7 @@ def test_every_arch_fits_the_zoo_tokenizer():
     tokenizer = json.loads((zoo.TOKENIZER / "tokenizer.json").read_text())
     size = len(tokenizer["model"]["vocab"])
     assert size == 320
-    for arch in zoo.archs():
+    for arch in zoo.fixtures():
         config = json.loads((zoo.ZOO / arch / "config.json").read_text())
         assert config.get("vocab_size", config.get("text_config", {}).get("vocab_size")) == size, arch
 

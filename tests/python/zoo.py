@@ -25,7 +25,8 @@ Command line (scripts/zoo-check wraps `check`):
                               the markdown status table (and the list of checks failing today)
   zoo.py import RAW_ZOO_DIR [ARCH...]     (re)write the fixtures from a raw zoo
   zoo.py tokenizer TOKENIZER_DIR          (re)write tests/zoo/tokenizer
-  zoo.py materialize ARCH [--form v5|v4|fp8|fp8-v4|fp8-decoded]   print the cached model dir
+  zoo.py materialize FIXTURE [--form v5|v4|fp8|fp8-v4|fp8-decoded]   print the cached model dir
+                              (the block-FP8 variant of qwen3: materialize qwen3-fp8src --form fp8)
 """
 from __future__ import annotations
 
@@ -71,9 +72,13 @@ TYPES = {
 # state-space model (mamba), a hybrid with conv, A_log and norm offsets (qwen3_next).
 DEFAULT_SUBSET = ["llama", "qwen3", "gemma", "gptj", "phi3", "mixtral", "qwen3_moe", "deepseek_v3", "mamba",
                   "qwen3_next"]
-# Block-FP8 variants (materialize form "fp8", stquant's input): arch -> the reference's input,
-# the FP8 checkpoint itself where mlx-lm's sanitize decodes it, else the decoded bf16 one.
-FP8_VARIANTS = {"deepseek_v3": "fp8-v4", "qwen3": "fp8-decoded"}
+# Block-FP8 variants (materialize form "fp8", stquant's input): arch -> (the fixture they are
+# made of, the reference's input: the FP8 checkpoint itself where mlx-lm's sanitize decodes it,
+# else the decoded bf16 one). The bases are entries of the arch's model_type whose projections
+# span several 128x128 blocks with a partial last one (intermediate 320, DeepSeek-V3's experts
+# and kv_b_proj 192), which the hidden-64 entries do not; they are not archs of their own.
+FP8_VARIANTS = {"deepseek_v3": ("deepseek_v3-fp8src", "fp8-v4"), "qwen3": ("qwen3-fp8src", "fp8-decoded")}
+FP8_BASES = {base for base, _ in FP8_VARIANTS.values()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,8 +146,13 @@ def write_safetensors(path: Path, tensors: dict, metadata: dict | None = None, h
 # ---------------------------------------------------------------------------------------------
 # Fixtures.
 
-def archs() -> list[str]:
+def fixtures() -> list[str]:
+    """Every entry of tests/zoo: the archs and the block-FP8 bases."""
     return sorted(p.name for p in ZOO.iterdir() if (p / "header.json").is_file())
+
+
+def archs() -> list[str]:
+    return [a for a in fixtures() if a not in FP8_BASES]
 
 
 def is_small(shape) -> bool:
@@ -233,6 +243,27 @@ def layer_period(c: dict) -> int | None:
     return types.index("full_attention") + 1
 
 
+def leading(types: list, kind: str) -> int:
+    """How many entries of a per-layer list come before the first that is not `kind` (the
+    transformers-4 first_k_dense_replace of an mlp_layer_types list)."""
+    return next((i for i, t in enumerate(types) if t != kind), len(types))
+
+
+def _bailing_hybrid(c):
+    # mlx-lm's bailing_moe_v3 is transformers' BailingHybrid (KDA linear attention); mlx-lm picks
+    # it by architectures (MODEL_ARCHITECTURE_REMAPPING), its bailing_hybrid is an older model.
+    # Its layers follow layer_group_size (every group's last layer is MLA), transformers 5's
+    # follow layer_types, which a config may hold apart from layer_group_size (the zoo's: 6).
+    # Three fields transformers 5 renamed have defaults in mlx-lm (8 experts per token of 4).
+    c["architectures"] = ["BailingMoeV3ForCausalLM"]
+    for field, v5_name in (("num_experts_per_tok", "num_experts_per_token"), ("n_group", "num_expert_group"),
+                           ("max_position_embeddings", "model_max_length")):
+        if v5_name in c:
+            c.setdefault(field, c[v5_name])
+    if layer_period(c):
+        c["layer_group_size"] = layer_period(c)
+
+
 def _exaone4(c):
     # mlx-lm reads EXAONE-4.0's pattern string ("LLLG": L = sliding, G = global), cycled over the
     # layers; transformers 5 writes an int period and layer_types.
@@ -269,6 +300,7 @@ def _kimi_linear(c):
     # transformers 5 flattens into layer_types / linear_*; its MLA has no rotary embedding
     # (rope_theta is read by mlx-lm's ModelArgs but unused).
     types = c.get("layer_types", [])
+    c.setdefault("first_k_dense_replace", leading(c.get("mlp_layer_types", []), "dense"))
     c.setdefault("linear_attn_config", {
         "kda_layers": [i + 1 for i, t in enumerate(types) if t == "linear_attention"],
         "full_attn_layers": [i + 1 for i, t in enumerate(types) if t == "full_attention"],
@@ -306,9 +338,7 @@ V4_DERIVED = {
     # transformers' Apertus: MLP without bias, q/k norms always; mlx-lm reads only mlp_bias.
     "apertus": lambda c: c.update({k: v for k, v in {"mlp_bias": False, "post_norm": False, "qk_norm": True}.items()
                                    if k not in c}),
-    # mlx-lm's bailing_moe_v3 is transformers' BailingHybrid (KDA linear attention); mlx-lm picks
-    # it by architectures (MODEL_ARCHITECTURE_REMAPPING), its bailing_hybrid is an older model.
-    "bailing_hybrid": lambda c: c.update(architectures=["BailingMoeV3ForCausalLM"]),
+    "bailing_hybrid": _bailing_hybrid,
     "exaone4": _exaone4,
     # transformers' ExaoneMoe: mlp_layer_types "sparse" layers are MoE.
     "exaone_moe": lambda c: c.setdefault("is_moe_layer", [t == "sparse" for t in c.get("mlp_layer_types", [])]),
@@ -332,6 +362,8 @@ V4_DERIVED = {
     "longcat_flash": lambda c: c.update({k: v for k, v in {"attention_method": "MLA", "zero_expert_type": "identity",
                                                            "mla_scale_q_lora": True, "mla_scale_kv_lora": True}.items()
                                          if k not in c}),
+    # transformers' Mamba2Mixer: the inner width is expand * hidden_size (no config field).
+    "mamba2": lambda c: c.setdefault("intermediate_size", int(c.get("expand", 2) * c.get("hidden_size", 0))),
     "mimo_v2_flash": _mimo_v2_flash,
     "minimax": _minimax,
     # transformers' SolarOpen: every layer MoE (no dense intermediate size), full rotary.
@@ -352,11 +384,24 @@ def rope_dict(config: dict) -> dict | None:
     return rope
 
 
+def finite_json(v):
+    """transformers 5 writes a non-finite float as {"__float__": "Infinity"} (e.g. Mamba-2's
+    time_step_limit), transformers 4 as the bare JSON Infinity that Python's json reads."""
+    if isinstance(v, dict):
+        if set(v) == {"__float__"}:
+            return float(v["__float__"])
+        return {k: finite_json(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [finite_json(x) for x in v]
+    return v
+
+
 def v4_config(config: dict, autoconfig: dict) -> tuple[dict, list[str]]:
     """The transformers-4 form of a transformers-5 config.json, and the fields still missing for
     mlx-lm's ModelArgs. Rules, in order (each only where the field is absent):
       1. model_type: a text-only type mlx-lm lacks -> the family's (TEXT_ONLY_MODEL_TYPES);
-      2. torch_dtype <- dtype (mlx_lm.convert casts to torch_dtype);
+      2. torch_dtype <- dtype (mlx_lm.convert casts to torch_dtype); non-finite floats as
+         JSON Infinity / NaN (finite_json);
       3. from the full-attention rope_parameters: rope_theta, partial_rotary_factor, and
          rope_scaling (the dict without rope_theta / partial_rotary_factor) when rope_type is not
          "default";
@@ -369,7 +414,7 @@ def v4_config(config: dict, autoconfig: dict) -> tuple[dict, list[str]]:
       8. every field ModelArgs requires without a default: AutoConfig's attribute of that name,
          else the attribute it aliases (AutoConfig.attribute_map, e.g. exaone's num_layers ->
          num_hidden_layers). What is still missing is returned (mlx_lm.convert will fail)."""
-    c = json.loads(json.dumps(config))
+    c = finite_json(json.loads(json.dumps(config)))
     c["model_type"] = TEXT_ONLY_MODEL_TYPES.get(c.get("model_type"), c.get("model_type"))
     if "dtype" in c and "torch_dtype" not in c:
         c["torch_dtype"] = c["dtype"]

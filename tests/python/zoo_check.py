@@ -264,10 +264,12 @@ def check(arch: str, type_name: str, variant: str = "", keep: Path | None = None
     "ok" | "refused" | "failed", "stquant_error", "diffs", "tokens" (stquant's output's),
     "load_error", "verdict"}. keep: a directory where stquant's output stays (else removed)."""
     if variant == "fp8":
-        src, ref_form = materialize(arch, "fp8"), FP8_VARIANTS[arch]
+        base, ref_form = FP8_VARIANTS[arch]
+        src = materialize(base, "fp8")
     else:
-        src, ref_form = materialize(arch, "v5"), "v4"
-    ref = reference(arch, type_name, ref_form)
+        base, ref_form = arch, "v4"
+        src = materialize(arch, "v5")
+    ref = reference(base, type_name, ref_form)
     r = {"arch": arch, "type": type_name, "variant": variant, "reference": ref, "stquant": None,
          "stquant_error": None, "diffs": [], "tokens": None, "verdict": None}
     work = Path(tempfile.mkdtemp(prefix=f"zoo-{arch}-{type_name}-"))

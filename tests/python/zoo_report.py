@@ -13,83 +13,47 @@ from zoo_check import acceptable, ref_counts
 
 # Why mlx_lm.convert cannot convert an arch's v4 form, and what would make it usable; by arch.
 REFERENCE_NOTES = {
-    "bailing_hybrid": "zoo config unreadable by transformers 5.25 itself (expert_swiglu_limit_list / "
-                      "share_expert_swiglu_limit_list keep 42 entries for 2 layers: no autoconfig.json); "
-                      "transformers' BailingHybrid is mlx-lm's bailing_moe_v3 (picked by architectures "
-                      "BailingMoeV3ForCausalLM), whose names differ (attention.* of the KDA layers)",
+    "bailing_hybrid": "transformers 5.25's BailingHybrid names the KDA layers' output projection "
+                      "attention.dense, mlx-lm's bailing_moe_v3 attention.o_proj (its sanitize does not "
+                      "rename it); no config override helps",
     "bitnet": "mlx-lm's bitnet reads only the packed ternary release (weight_scale per projection); a "
               "bf16 BitNet is not an mlx-lm input",
-    "deepseek_v2": "mlx-lm's deepseek_v2 reads rope_scaling['factor'] unconditionally (YaRN): the zoo "
-                   "uses default RoPE; DeepSeek-V2(-Lite) ships YaRN",
     "gpt2": "mlx-lm's gpt2 sanitize expects the GPT2Model names (h.N.*), transformers' GPT2LMHeadModel "
             "writes transformer.h.N.*",
-    "gpt_neox": "mlx-lm's gpt_neox hard-codes the MLP as 4 * hidden_size; the zoo has intermediate_size "
-                "128 = 2 * hidden_size",
     "gpt_oss": "mlx-lm's gpt_oss sanitize reads the MXFP4 release (gate_up_proj_blocks); the bf16 form "
                "(experts.gate_up_proj [E, hidden, 2I]) is split on the wrong axis and left without .weight",
-    "jamba": "shrinking left attn_layer_period 8 / offset 4 for 2 layers: no attention layer, which "
-             "mlx-lm's jamba requires",
-    "kimi_linear": "the zoo's MLA has q_lora_rank 64 (q_a_proj / q_b_proj), mlx-lm's kimi_linear only "
-                   "q_proj (Kimi-Linear ships q_lora_rank null); dense layer names differ "
-                   "(block_sparse_moe.*_proj)",
-    "lfm2": "shrinking kept only full-attention layers (layer_types, and full_attn_idxs 0..31): "
-            "mlx-lm's lfm2 needs a conv layer",
+    "kimi_linear": "transformers 5.25 writes a dense layer's MLP as block_sparse_moe.{gate,up,down}_proj, "
+                   "mlx-lm's sanitize renames block_sparse_moe -> mlp only in MoE layers (the zoo's layer 0 "
+                   "is dense, mlp_layer_types [dense, sparse])",
     "llama4": "mlx-lm runs Llama 4 MoE only as the multimodal checkpoint (model_type llama4, text_config, "
               "language_model.* names); its llama4_text is a dense tied model. transformers' text-only "
               "Llama4ForCausalLM form has no mlx-lm reader",
     "llama4_text": "as llama4",
-    "minicpm3": "mlx-lm's minicpm3 always builds LongRoPE from rope_scaling (short/long factors): the zoo "
-                "uses default RoPE; MiniCPM3 ships longrope",
+    "minicpm3": "the zoo's LongRoPE has 16 short/long factors, mlx-lm's minicpm3 (and transformers' own "
+                "check, which warns) want qk_rope_head_dim / 2 = 8",
     "minimax": "the zoo is MiniMax-Text-01 (lightning linear-attention layers); mlx-lm's minimax is "
                "MiniMax-M2 (full attention only)",
     "nanochat": "mlx-lm's nanochat reads the original nanochat names (no sanitize for transformers' "
                 "model.layers.N.mlp.fc1 / self_attn.*)",
-    "nemotron_h": "shrinking left layers_block_type [mamba, moe]: mlx-lm's nemotron_h needs an attention "
-                  "layer (its mask is built from the first one)",
     "olmo": "mlx-lm's olmo is the original OLMo format (needs the ai2-olmo package, d_model / n_layers); "
             "transformers' Olmo is not an mlx-lm input",
     "olmo_hybrid": "transformers 5.25 names the linear layers' norms attention_layer_norm / "
                    "feedforward_layer_norm; mlx-lm 0.32.2's olmo_hybrid input_layernorm / "
                    "post_attention_layernorm",
-    "phimoe": "mlx-lm's phimoe hard-codes attention and lm_head biases; the zoo has attention_bias "
-              "false (Phi-3.5-MoE ships attention_bias and lm_head_bias true)",
     "qwen3_5_moe": "mlx-lm's qwen3_5_moe stacks only the fused release form (experts.gate_up_proj / "
                    "experts.down_proj); transformers 5.25 writes per-expert tensors",
-    "smollm3": "shrinking left no_rope_layers with 36 entries for 2 layers",
 }
 
-# Zoo entries whose shrunken config defeats the comparison: the config overrides to give
-# make_arch_zoo.py (SMALL / shrink) when the raw zoo is written again, and why.
+# Zoo entries whose config still defeats the comparison: the config overrides to give
+# make_arch_zoo2.py (overrides.json, applied after the shrinking) when the raw zoo is written
+# again, and why. Each was checked to load in transformers 5.25's AutoConfig.
 REGENERATE = {
-    "bailing_hybrid": ({"expert_swiglu_limit_list": [0, 0], "share_expert_swiglu_limit_list": [0, 0],
-                        "linear_num_heads": 2, "linear_head_dim": 32},
-                       "lists must have one entry per layer (transformers refuses the config); KDA left unshrunk"),
-    "deepseek_v2": ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 40.0,
-                                         "original_max_position_embeddings": 4096, "beta_fast": 32.0,
-                                         "beta_slow": 1.0, "mscale": 0.707, "mscale_all_dim": 0.707}},
-                    "DeepSeek-V2(-Lite)'s YaRN; mlx-lm's deepseek_v2 requires rope_scaling"),
+    "kimi_linear": ({"mlp_layer_types": ["sparse", "sparse"]},
+                    "no dense layer: transformers' dense-layer names (block_sparse_moe.*_proj) are not "
+                    "mlx-lm's (mlp.*_proj), which keeps the reference from converting"),
     "minicpm3": ({"rope_parameters": {"rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1.0] * 8,
                                       "long_factor": [1.0] * 8, "original_max_position_embeddings": 256}},
-                 "MiniCPM3's LongRoPE (qk_rope_head_dim / 2 = 8 factors); mlx-lm's minicpm3 requires it"),
-    "gpt_neox": ({"intermediate_size": 256}, "mlx-lm's gpt_neox hard-codes 4 * hidden_size"),
-    "jamba": ({"attn_layer_period": 2, "attn_layer_offset": 1}, "no attention layer among 2 layers"),
-    "kimi_linear": ({"q_lora_rank": None, "linear_num_heads": 2, "linear_head_dim": 32},
-                    "Kimi-Linear has no q LoRA (mlx-lm reads q_proj); KDA left unshrunk"),
-    "lfm2": ({"layer_types": ["conv", "full_attention"], "full_attn_idxs": [1]}, "no conv layer"),
-    "granitemoehybrid": ({"layer_types": ["linear_attention", "full_attention"]},
-                         "transformers' default is every layer mamba: no attention layer"),
-    "nemotron_h": ({"num_hidden_layers": 3, "layers_block_type": ["linear_attention", "full_attention", "moe"],
-                    "mamba_num_heads": 4, "moe_shared_expert_intermediate_size": 64},
-                   "no attention layer among 2 (mlx-lm needs one); mamba heads and shared expert unshrunk"),
-    "phimoe": ({"attention_bias": True, "lm_head_bias": True},
-               "Phi-3.5-MoE's biases, which mlx-lm's phimoe hard-codes"),
-    "smollm3": ({"no_rope_layers": [1, 0]}, "no_rope_layers kept 36 entries for 2 layers"),
-    "glm_moe_dsa": ({"indexer_types": ["full", "full"]}, "indexer_types kept 78 entries for 2 layers"),
-    "qwen3": ({"intermediate_size": 320},
-              "the block-FP8 variant: weights spanning several 128x128 blocks with a partial last one"),
-    "deepseek_v3": ({"intermediate_size": 320, "moe_intermediate_size": 192, "num_attention_heads": 4},
-                    "the block-FP8 variant: MLP, experts and kv_b_proj (4 x 48 = 192 rows) over several "
-                    "128-blocks, the last partial"),
+                 "8 factors (qk_rope_head_dim / 2), not 16"),
 }
 
 TYPE_COLUMNS = list(TYPES) + ["ollama-int4"]
@@ -232,7 +196,7 @@ def report(data: dict, commit: str = "") -> str:
         note = REFERENCE_NOTES.get(name.replace("-fp8", ""), "")
         lines.append(f"| {name} | {stage} | {error.replace('|', '/')[:160]} | {note} |")
     lines += ["", "## Zoo entries to write again", "",
-              "Config overrides for `make_arch_zoo.py` (after its shrinking) that make these entries "
+              "Config overrides for `make_arch_zoo2.py` (after its shrinking) that make these entries "
               "usable or more telling:", "", "| arch | overrides | why |", "|---|---|---|"]
     for arch, (overrides, why) in sorted(REGENERATE.items()):
         lines.append(f"| {arch} | `{json.dumps(overrides)}` | {why} |")
