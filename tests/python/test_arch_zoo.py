@@ -103,3 +103,27 @@ def test_v4_config_rules():
                                  "num_hidden_layers": 2, "rms_norm_eps": 1e-5})
     assert v4["num_layers"] == 2 and v4["layer_norm_epsilon"] == 1e-5
     assert "num_layers" not in missing
+
+
+def test_v4_config_rules_of_the_regenerated_entries():
+    # transformers 5's non-finite floats; Mamba-2's inner width expand * hidden_size.
+    v4, missing = zoo.v4_config({"model_type": "mamba2", "hidden_size": 64, "expand": 2,
+                                 "time_step_limit": [0.0, {"__float__": "Infinity"}]}, {})
+    assert v4["time_step_limit"] == [0.0, float("inf")] and v4["intermediate_size"] == 128
+    assert "intermediate_size" not in missing
+    # BailingHybrid: mlx-lm's layers follow layer_group_size, transformers 5's layer_types.
+    v4, _ = zoo.v4_config({"model_type": "bailing_hybrid", "layer_group_size": 6, "num_experts_per_token": 2,
+                           "layer_types": ["linear_attention", "full_attention"]}, {})
+    assert v4["layer_group_size"] == 2 and v4["num_experts_per_tok"] == 2
+    assert v4["architectures"] == ["BailingMoeV3ForCausalLM"]
+    v4, _ = zoo.v4_config({"model_type": "kimi_linear", "mlp_layer_types": ["dense", "dense", "sparse"]}, {})
+    assert v4["first_k_dense_replace"] == 2
+
+
+def test_block_fp8_bases_span_several_blocks():
+    """The FP8 variants' projections cover more than one 128-block with a partial last one."""
+    for arch, (base, _) in zoo.FP8_VARIANTS.items():
+        assert base not in zoo.archs() and base in zoo.fixtures()
+        header = json.loads((zoo.ZOO / base / "header.json").read_text())
+        shapes = [v["shape"] for k, v in header.items() if zoo.FP8_WEIGHT.match(k) and len(v["shape"]) == 2]
+        assert any(max(s) > zoo.FP8_BLOCK and max(s) % zoo.FP8_BLOCK for s in shapes), arch
