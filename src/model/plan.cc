@@ -246,7 +246,8 @@ Result<PlanContext> BuildPlan(const ConvertOptions& options, bool draft) {
     if (o.spec) STQ_RETURN_IF_ERROR(ValidateQuantSpec(*o.spec).Annotate("--override " + o.pattern));
   }
   // mlx_lm.convert casts to the config dtype; ollama never casts a kept tensor.
-  const std::optional<DType> cast_to = ollama_policy ? std::nullopt : ConversionDType(inv.config());
+  const std::optional<DType> cast_to =
+      ollama_policy ? std::nullopt : options.dtype ? options.dtype : ConversionDType(inv.config());
 
   // 1. Which source tensors make which output tensor (sanitize: drop, stack experts).
   std::set<std::string> companions;
