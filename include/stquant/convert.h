@@ -107,6 +107,15 @@ struct PlannedTensor {
   std::string blob;
 };
 
+// Layout kOllama: one layer of the manifest an import writes (ollama-create-spec §9.2). Digests are
+// known only once a blob is written, except for the layers of a FROM model, which are reused.
+struct PlannedLayer {
+  std::string media_type;
+  std::string name;    // blob name ("" for Modelfile text layers)
+  uint64_t bytes = 0;  // tensor blobs: their tensors' data; other layers: the blob's size
+  std::string digest;  // "sha256:<hex>" when known
+};
+
 struct ConversionPlan {
   std::string architecture;  // config model_type
   std::string source_kind;   // "float", "block-fp8"
@@ -118,6 +127,9 @@ struct ConversionPlan {
   uint64_t parameters = 0;    // logical parameter count (mlx-lm's total_parameters)
   std::vector<std::string> copied_files;  // tokenizer, generation config, chat templates, ...
   std::vector<std::string> warnings;
+  // Layout kOllama: the manifest the import would write (its layers in order) and where.
+  std::string manifest_path;
+  std::vector<PlannedLayer> manifest_layers;
 };
 
 // ollama create's --quantize names (ollama-create-spec §3), trimmed and case-insensitive: int4,
