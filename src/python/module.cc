@@ -196,25 +196,25 @@ nb::object Dequantize(const AnyArray& w, const AnyArray& scales, const std::opti
   const QuantSpec spec = SpecOf(mode, bits, group_size, global_scale.has_value());
   const DType scale_dtype = Take(DTypeOf(scales, scales_override));
   if (Take(DTypeOf(w, "")) != DType::kU32) {
-    Check(Status::InvalidArgument("[dequantize] The matrix should be given as a uint32"));
+    throw StatusError(Status::InvalidArgument("[dequantize] The matrix should be given as a uint32"));
   }
   const std::vector<int64_t> shape = ShapeOf(w), scale_shape = ShapeOf(scales);
-  if (shape.empty()) Check(Status::InvalidArgument("[dequantize] The matrix should have at least one dimension"));
+  if (shape.empty()) throw StatusError(Status::InvalidArgument("[dequantize] The matrix should have at least one dimension"));
   const int64_t words = shape.back();
   const int64_t cols = words * 32 / spec.bits;
   std::vector<int64_t> want = shape;
   want.back() = cols / spec.group_size;
   if (words * 32 % spec.bits != 0 || cols % spec.group_size != 0 || scale_shape != want) {
-    Check(Status::InvalidArgument("[dequantize] Shape of scales and biases does not match the matrix given the "
+    throw StatusError(Status::InvalidArgument("[dequantize] Shape of scales and biases does not match the matrix given the "
                                   "quantization parameters"));
   }
   const bool has_biases = ModeInfo(spec.mode).has_biases;
   if (has_biases != biases.has_value()) {
-    Check(Status::InvalidArgument(has_biases ? "[dequantize] Biases must be provided for affine quantization."
+    throw StatusError(Status::InvalidArgument(has_biases ? "[dequantize] Biases must be provided for affine quantization."
                                              : "[dequantize] Biases are only used with affine quantization."));
   }
   if (biases && (ShapeOf(*biases) != want || Take(DTypeOf(*biases, scales_override)) != scale_dtype)) {
-    Check(Status::InvalidArgument("[dequantize] Biases must have the shape and dtype of the scales"));
+    throw StatusError(Status::InvalidArgument("[dequantize] Biases must have the shape and dtype of the scales"));
   }
   Check(CheckContiguous(w, "the packed array"));
   Check(CheckContiguous(scales, "the scales"));
@@ -224,7 +224,7 @@ nb::object Dequantize(const AnyArray& w, const AnyArray& scales, const std::opti
     if (out_dtype_name == "float32") out_dtype = DType::kF32;
     else if (out_dtype_name == "float16") out_dtype = DType::kF16;
     else if (out_dtype_name == "bfloat16") out_dtype = DType::kBF16;
-    else Check(Status::InvalidArgument("[dequantize] dtype must be float32, float16 or bfloat16, not '" + out_dtype_name + "'"));
+    else throw StatusError(Status::InvalidArgument("[dequantize] dtype must be float32, float16 or bfloat16, not '" + out_dtype_name + "'"));
   }
   std::vector<int64_t> out_shape = shape;
   out_shape.back() = cols;
@@ -271,18 +271,26 @@ ConvertOptions Options(const std::string& src, const std::string& out, const std
                        int threads, bool force, bool requantize, const std::string& revision,
                        const std::optional<std::string>& dtype) {
   ConvertOptions o;
+  if (layout != "mlx" && layout != "ollama") throw StatusError(Status::InvalidArgument("layout must be 'mlx' or 'ollama'"));
+  // The command line's checks of the same options (src/cli/convert_command.cc), in Python's words.
+  if (layout == "ollama" && !out.empty()) {
+    throw StatusError(Status::InvalidArgument("layout 'ollama' writes into a model store: give name=NAME, not out"));
+  }
+  if (layout == "mlx" && out.empty()) throw StatusError(Status::InvalidArgument("the mlx layout needs out (a directory)"));
+  if (layout == "mlx" && (!name.empty() || !models_dir.empty() || !modelfile.empty() || !draft.empty() || draft_q)) {
+    throw StatusError(Status::InvalidArgument("name, models_dir, modelfile, draft and draft_q need layout='ollama'"));
+  }
   if (!src.empty()) o.source_dir = Take(ResolveModelSource(src, revision));
   o.output_dir = out;
-  if (layout != "mlx" && layout != "ollama") Check(Status::InvalidArgument("layout must be 'mlx' or 'ollama'"));
   o.layout = layout == "ollama" ? OutputLayout::kOllama : OutputLayout::kMlx;
   const std::string p = !policy.empty() ? policy : layout == "ollama" ? "ollama" : "mlx-lm";
-  if (p != "mlx-lm" && p != "ollama") Check(Status::InvalidArgument("policy must be 'mlx-lm' or 'ollama'"));
+  if (p != "mlx-lm" && p != "ollama") throw StatusError(Status::InvalidArgument("policy must be 'mlx-lm' or 'ollama'"));
   o.policy = p == "ollama" ? QuantPolicy::kOllama : QuantPolicy::kMlxLm;
   o.profile = Take(ParseQuantProfile(profile));
-  if (q && mode) Check(Status::InvalidArgument("give q or mode, not both"));
+  if (q && mode) throw StatusError(Status::InvalidArgument("give q or mode, not both"));
   o.quant = Take(TypeOf(q, o.layout, "--quantize"));
   if (mode) o.quant = SpecOf(*mode, std::nullopt, std::nullopt, false);
-  if (!o.quant && (bits || group_size)) Check(Status::InvalidArgument("bits/group_size need q or mode"));
+  if (!o.quant && (bits || group_size)) throw StatusError(Status::InvalidArgument("bits/group_size need q or mode"));
   if (o.quant) {
     if (bits) o.quant->bits = *bits;
     if (group_size) o.quant->group_size = *group_size;
