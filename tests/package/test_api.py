@@ -214,3 +214,29 @@ def test_command_is_the_cli(stquant_module, wheel_venv, cli_binary, repo_root, t
             results.append((p.returncode, p.stdout.replace(str(tmp_path / f"out{i}"), "X"), p.stderr))
         assert results[0] == results[1], args
     assert (tmp_path / "out0" / "model.safetensors").read_bytes() == (tmp_path / "out1" / "model.safetensors").read_bytes()
+
+
+def test_ollama_layout_names_and_inspect_by_name(stquant_module, repo_root, tmp_path):
+    store = tmp_path / "store"
+    src = repo_root / "examples" / "tiny-model"
+    a = stquant_module.convert(src, layout="ollama", name="tiny:q8", q="Q8", models_dir=store, progress=False)
+    b = stquant_module.convert(src, layout="ollama", name="tiny:int8", q="int8", models_dir=store, progress=False)
+    assert a["layers"] == b["layers"] == b["blobs_reused"]  # q8 is int8: every blob already there
+    report = stquant_module.inspect("tiny:q8", models_dir=store)
+    assert report["config"]["file_type"] == "int8"
+
+
+def test_repo_id_from_the_hf_cache(stquant_module, repo_root, tmp_path, monkeypatch):
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--me--tiny"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots").mkdir()
+    (repo / "snapshots" / commit).symlink_to(repo_root / "examples" / "tiny-model")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert stquant_module.hf_hub_cache_dir() == str(tmp_path / "hub")
+    assert stquant_module.resolve_model("me/tiny") == str(repo / "snapshots" / commit)
+    summary = stquant_module.mlx_convert(hf_path="me/tiny", mlx_path=str(tmp_path / "m"), quantize=True, progress=False)
+    assert summary["quantized_tensors"] > 0
+    with pytest.raises(stquant_module.InvalidArgumentError, match="hf download me/other"):
+        stquant_module.convert("me/other", tmp_path / "x")
