@@ -207,10 +207,10 @@ void RegisterConvertCommand(CLI::App& app, Status* status) {
   auto o = std::make_shared<ConvertCommandOptions>();
   CLI::App* cmd = app.add_subcommand(
       "convert", "Convert a Hugging Face checkpoint (bf16/f16/f32 or block-FP8) into an MLX (mlx-lm) model directory");
-  cmd->add_option("source", o->source,
+  cmd->add_option("source,--hf-path", o->source,
                   "Hugging Face model directory (config.json + *.safetensors), or a repo id (org/name) found in the "
-                  "local Hugging Face cache (never downloaded); with --layout ollama it may come from the Modelfile's "
-                  "FROM instead");
+                  "local Hugging Face cache (never downloaded); also --hf-path SRC, as mlx_lm.convert; with --layout "
+                  "ollama it may come from the Modelfile's FROM instead");
   cmd->add_option("-o,--output", o->output, "output directory (must not exist, unless --force); mlx layout");
   cmd->add_option("--revision", o->revision,
                   "with a Hugging Face repo id as the source (org/name, read from the local Hugging Face cache): the "

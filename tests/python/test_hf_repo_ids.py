@@ -96,6 +96,10 @@ def test_mlx_convert_hf_path(stquant, cache, tmp_path):
     assert p.returncode == 0, p.stderr
     with safe_open(out / "model.safetensors", framework="np") as f:
         assert "model.layers.0.self_attn.q_proj.scales" in f.keys()
+    # `convert --hf-path` names the source as mlx_lm.convert does.
+    p = run(stquant, ["convert", "--hf-path", "tiny-org/tiny-llama", "-o", str(tmp_path / "c"), "-q", "int4", "--quiet"], env)
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "c" / "model.safetensors").read_bytes() == (out / "model.safetensors").read_bytes()
 
 
 def test_not_in_cache_says_how_to_fetch(stquant, cache, tmp_path):
