@@ -50,9 +50,10 @@ int64_t Elements(const std::vector<int64_t>& shape) {
   return n;
 }
 
-// mlx_lm.convert casts every floating parameter to config "torch_dtype" (or text_config "dtype")
-// when it names a float type.
-std::optional<DType> ConversionDType(const nlohmann::json& config) {
+// mlx_lm.convert casts every floating parameter to --dtype, else to config "torch_dtype" (or
+// text_config "dtype") when it names a float type.
+std::optional<DType> ConversionDType(const ConvertOptions& options, const nlohmann::json& config) {
+  if (options.dtype) return options.dtype;
   std::string name;
   if (auto it = config.find("torch_dtype"); it != config.end() && it->is_string()) {
     name = it->get<std::string>();
@@ -246,7 +247,11 @@ Result<PlanContext> BuildPlan(const ConvertOptions& options, bool draft) {
     if (o.spec) STQ_RETURN_IF_ERROR(ValidateQuantSpec(*o.spec).Annotate("--override " + o.pattern));
   }
   // mlx_lm.convert casts to the config dtype; ollama never casts a kept tensor.
-  const std::optional<DType> cast_to = ollama_policy ? std::nullopt : ConversionDType(inv.config());
+  // A plain flag and dtype rather than an optional: GCC 12 thinks the optional's flag may be read
+  // uninitialized in the loop below.
+  const std::optional<DType> conversion = ollama_policy ? std::nullopt : ConversionDType(options, inv.config());
+  const bool cast = conversion.has_value();
+  const DType cast_to = conversion.value_or(DType::kBF16);
 
   // 1. Which source tensors make which output tensor (sanitize: drop, stack experts).
   std::set<std::string> companions;
@@ -377,8 +382,8 @@ Result<PlanContext> BuildPlan(const ConvertOptions& options, bool draft) {
     } else {
       t.dtype = t.source_dtype;
     }
-    if (cast_to && IsFloat(t.dtype) && t.dtype != *cast_to) {
-      t.dtype = *cast_to;
+    if (cast && IsFloat(t.dtype) && t.dtype != cast_to) {
+      t.dtype = cast_to;
       if (t.transform == TensorTransform::kCopy) t.transform = TensorTransform::kCast;
     }
     plan.tensors.push_back(std::move(t));
@@ -572,10 +577,5 @@ Result<PlanContext> BuildPlan(const ConvertOptions& options, bool draft) {
 }
 
 }  // namespace model
-
-Result<ConversionPlan> PlanConversion(const ConvertOptions& options) {
-  STQ_ASSIGN_OR_RETURN(model::PlanContext context, model::BuildPlan(options));
-  return std::move(context.plan);
-}
 
 }  // namespace stquant
