@@ -4,11 +4,11 @@
 #include <cctype>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <map>
-#include <sstream>
 
 #include <fmt/format.h>
+
+#include "util/json_input.h"
 
 namespace stquant::model {
 
@@ -168,7 +168,8 @@ Result<std::vector<std::pair<std::string, std::string>>> Tokenize(const std::str
 
 bool IsSafetensorsModelDir(const std::string& dir) {
   std::error_code ec;
-  if (!fs::is_regular_file(fs::path(dir) / "config.json", ec)) return false;
+  // Any entry named config.json: reading it says what is wrong when it is not a regular file.
+  if (!fs::exists(fs::symlink_status(fs::path(dir) / "config.json", ec))) return false;
   for (const auto& entry : fs::directory_iterator(dir, ec)) {
     if (entry.path().filename().string().ends_with(".safetensors")) return true;
   }
@@ -294,22 +295,21 @@ std::vector<std::string> OllamaCapabilities(const nlohmann::json& config, const 
   return caps;
 }
 
-std::string ReadChatTemplate(const std::string& dir) {
-  auto read = [](const fs::path& p) -> std::optional<std::string> {
-    std::ifstream in(p, std::ios::binary);
-    if (!in) return std::nullopt;
-    std::ostringstream s;
-    s << in.rdbuf();
-    return s.str();
+Result<std::string> ReadChatTemplate(const std::string& dir) {
+  auto present = [](const std::string& path) {
+    std::error_code ec;
+    return fs::exists(fs::symlink_status(path, ec));
   };
-  if (auto text = read(fs::path(dir) / "tokenizer_config.json")) {
-    nlohmann::json j = nlohmann::json::parse(*text, nullptr, false);
-    if (j.is_object()) {
-      if (auto it = j.find("chat_template"); it != j.end() && it->is_string()) return it->get<std::string>();
+  const std::string tokenizer_config = (fs::path(dir) / "tokenizer_config.json").string();
+  if (present(tokenizer_config)) {
+    STQ_ASSIGN_OR_RETURN(std::string text, util::ReadRegularFile(tokenizer_config, util::kJsonConfigLimit));
+    if (Result<nlohmann::json> j = util::ParseJson(text, tokenizer_config); j.ok() && j->is_object()) {
+      if (auto it = j->find("chat_template"); it != j->end() && it->is_string()) return it->get<std::string>();
     }
   }
-  if (auto text = read(fs::path(dir) / "chat_template.jinja")) return *text;
-  return "";
+  const std::string jinja = (fs::path(dir) / "chat_template.jinja").string();
+  if (present(jinja)) return util::ReadRegularFile(jinja, util::kTextFileLimit);
+  return std::string();
 }
 
 }  // namespace stquant::model

@@ -6,10 +6,8 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <future>
 #include <map>
-#include <sstream>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -22,6 +20,7 @@
 #include "output/planned_rows.h"
 #include "output/prequant_write.h"
 #include "output/tensor_stream.h"
+#include "util/input_file.h"
 
 namespace stquant::output {
 
@@ -30,15 +29,6 @@ namespace {
 namespace fs = std::filesystem;
 using safetensors::TensorDecl;
 using safetensors::Writer;
-
-Result<std::string> ReadWholeFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return Status::IoError(fmt::format("cannot read '{}'", path));
-  std::ostringstream s;
-  s << in.rdbuf();
-  if (in.bad()) return Status::IoError(fmt::format("cannot read '{}'", path));
-  return s.str();
-}
 
 struct Progress {
   ConvertProgress state;
@@ -275,8 +265,7 @@ Status WriteConfigLayers(OllamaStore& store, const std::string& dir, const std::
     return Status::InvalidInput("config.json not found in " + dir);
   }
   for (const std::string& file : files) {
-    STQ_ASSIGN_OR_RETURN(std::string bytes, ReadWholeFile(dir + "/" + file));
-    STQ_ASSIGN_OR_RETURN(OllamaLayer layer, store.AddBlobBytes(bytes, kOllamaMediaJson, prefix + file));
+    STQ_ASSIGN_OR_RETURN(OllamaLayer layer, store.AddBlobCopy(dir + "/" + file, kOllamaMediaJson, prefix + file));
     layers.push_back(std::move(layer));
   }
   return Status::Ok();
@@ -314,7 +303,7 @@ Result<ConvertSummary> ConvertToOllamaStore(const ConvertOptions& given,
   // The Modelfile (ollama-create-spec §1).
   model::OllamaModelfile modelfile;
   if (!options.modelfile.empty()) {
-    STQ_ASSIGN_OR_RETURN(std::string text, ReadWholeFile(options.modelfile));
+    STQ_ASSIGN_OR_RETURN(std::string text, util::ReadRegularFile(options.modelfile, util::kTextFileLimit));
     const std::string dir = fs::path(options.modelfile).parent_path().string();
     STQ_ASSIGN_OR_RETURN(modelfile, model::ParseOllamaModelfile(text, dir.empty() ? "." : dir));
     if (options.source_dir.empty()) options.source_dir = modelfile.from;
@@ -382,7 +371,7 @@ Result<ConvertSummary> ConvertToOllamaStore(const ConvertOptions& given,
 
   // The ConfigV2 config blob (ollama-create-spec §9.3, §9.4).
   const nlohmann::json& config = context.inventory->config();
-  const std::string chat_template = model::ReadChatTemplate(options.source_dir);
+  STQ_ASSIGN_OR_RETURN(const std::string chat_template, model::ReadChatTemplate(options.source_dir));
   const std::string parser =
       !modelfile.parser.empty() ? modelfile.parser : model::OllamaParserName(config, chat_template);
   const std::string renderer =

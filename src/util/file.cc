@@ -80,22 +80,6 @@ void Fd::Reset(int fd) {
   fd_ = fd;
 }
 
-Result<Fd> OpenForRead(const std::string& path) {
-  int fd;
-  do {
-    fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  } while (fd < 0 && errno == EINTR);
-  if (fd < 0) return Status::FromErrno("open", path, errno);
-  return Fd(fd);
-}
-
-Result<uint64_t> RegularFileSize(int fd, const std::string& path) {
-  struct stat st;
-  if (::fstat(fd, &st) != 0) return Status::FromErrno("stat", path, errno);
-  if (!S_ISREG(st.st_mode)) return Status::InvalidInput(path + ": not a regular file");
-  return static_cast<uint64_t>(st.st_size);
-}
-
 Status PreadFull(int fd, std::span<uint8_t> dst, uint64_t offset, std::string_view path) {
   size_t done = 0;
   while (done < dst.size()) {

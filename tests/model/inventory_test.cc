@@ -281,7 +281,7 @@ TEST_F(ModelDirTest, IndexedShardDanglingSymlink) {
   WriteConfig();
   fs::create_symlink("../../blobs/missing", Path("model.safetensors"));
   WriteText("model.safetensors.index.json", R"({"weight_map": {"a": "model.safetensors"}})");
-  ExpectInvalidInput("names shard 'model.safetensors', which does not exist");
+  ExpectInvalidInput("model.safetensors': dangling symbolic link (its target '../../blobs/missing' does not exist)");
 }
 
 TEST_F(ModelDirTest, HostileNamesInIndexAreEscaped) {
