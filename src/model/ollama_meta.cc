@@ -5,9 +5,11 @@
 #include <cstdio>
 #include <filesystem>
 #include <map>
+#include <optional>
 
 #include <fmt/format.h>
 
+#include "safetensors/format.h"
 #include "util/json_input.h"
 
 namespace stquant::model {
@@ -177,6 +179,11 @@ bool IsSafetensorsModelDir(const std::string& dir) {
 }
 
 Result<OllamaModelfile> ParseOllamaModelfile(const std::string& text, const std::string& dir) {
+  // Its strings end up in JSON (the params and config blobs), which must be UTF-8.
+  if (const std::optional<size_t> bad = safetensors::internal::FindInvalidUtf8(text)) {
+    return Status::InvalidArgument(fmt::format("Modelfile is not valid UTF-8 (byte 0x{:02x} at offset {})",
+                                               static_cast<unsigned char>(text[*bad]), *bad));
+  }
   OllamaModelfile mf;
   STQ_ASSIGN_OR_RETURN(auto commands, Tokenize(text));
   auto resolve = [&](const std::string& path) {
