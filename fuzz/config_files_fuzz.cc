@@ -44,8 +44,8 @@ int Depth(const Json& value) {
 }
 
 void JsonConfig(std::string_view text) {
-  auto parsed = stquant::util::ParseJson(text, "dir/config.json");
-  auto ordered = stquant::util::ParseOrderedJson(text, "blobs/config");
+  auto parsed = stquant::util::ParseJson(text, "dir/config.json", stquant::util::kJsonConfigLimit);
+  auto ordered = stquant::util::ParseOrderedJson(text, "blobs/config", stquant::util::kJsonConfigLimit);
   Require(parsed.ok() == ordered.ok());
   if (!parsed.ok()) {
     RequireCleanError(parsed.status(), stquant::StatusCode::kInvalidInput);

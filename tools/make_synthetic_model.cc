@@ -329,7 +329,7 @@ Status WriteText(const std::string& path, const std::string& text) {
 }
 
 // The files copied from --tokenizer-from (a real tokenizer.json is tens of MB).
-constexpr stquant::util::ReadLimit kTokenizerFileLimit{256u << 20, "a tokenizer file"};
+constexpr stquant::util::InputLimit kTokenizerFileLimit{256u << 20, 0, "a tokenizer file"};
 
 std::string ShardName(size_t i, size_t n) {
   char buf[64];

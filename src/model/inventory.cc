@@ -37,9 +37,9 @@ bool Exists(const std::string& path) {
   return fs::exists(fs::symlink_status(path, ec));
 }
 
-Result<json> ReadJsonObject(const std::string& path, const util::ReadLimit& limit) {
+Result<json> ReadJsonObject(const std::string& path, const util::InputLimit& limit) {
   STQ_ASSIGN_OR_RETURN(std::string text, util::ReadRegularFile(path, limit));
-  return ParseJsonObjectText(text, path);
+  return ParseJsonObjectText(text, path, limit);
 }
 
 // A shard named by the index must be a plain file inside the model directory.
@@ -72,8 +72,8 @@ std::string Lower(std::string s) {
 
 }  // namespace
 
-Result<json> ParseJsonObjectText(std::string_view text, const std::string& path) {
-  STQ_ASSIGN_OR_RETURN(json value, util::ParseJson(text, path));
+Result<json> ParseJsonObjectText(std::string_view text, const std::string& path, const util::InputLimit& limit) {
+  STQ_ASSIGN_OR_RETURN(json value, util::ParseJson(text, path, limit));
   if (!value.is_object()) {
     return Status::InvalidInput(Quoted(path) + ": expected a JSON object, got " + std::string(value.type_name()));
   }
@@ -81,7 +81,7 @@ Result<json> ParseJsonObjectText(std::string_view text, const std::string& path)
 }
 
 Result<IndexFile> ParseIndexText(std::string_view text, const std::string& index_path) {
-  STQ_ASSIGN_OR_RETURN(json index, ParseJsonObjectText(text, index_path));
+  STQ_ASSIGN_OR_RETURN(json index, ParseJsonObjectText(text, index_path, util::kJsonIndexLimit));
   const std::string where = Quoted(index_path);
   const json* weight_map = ObjectMember(index, "weight_map");
   if (weight_map == nullptr || !weight_map->is_object()) {

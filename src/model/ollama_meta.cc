@@ -310,7 +310,7 @@ Result<std::string> ReadChatTemplate(const std::string& dir) {
   const std::string tokenizer_config = (fs::path(dir) / "tokenizer_config.json").string();
   if (present(tokenizer_config)) {
     STQ_ASSIGN_OR_RETURN(std::string text, util::ReadRegularFile(tokenizer_config, util::kJsonConfigLimit));
-    if (Result<nlohmann::json> j = util::ParseJson(text, tokenizer_config); j.ok() && j->is_object()) {
+    if (Result<nlohmann::json> j = util::ParseJson(text, tokenizer_config, util::kJsonConfigLimit); j.ok() && j->is_object()) {
       if (auto it = j->find("chat_template"); it != j->end() && it->is_string()) return it->get<std::string>();
     }
   }

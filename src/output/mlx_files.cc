@@ -22,7 +22,7 @@ Result<nlohmann::json> MlxConfigBase(const model::Inventory& inventory, const st
     STQ_ASSIGN_OR_RETURN(std::string text, util::ReadRegularFile(path, util::kJsonConfigLimit));
     // mlx-lm's load_config passes over a JSONDecodeError (and nesting deeper than util::kMaxJsonDepth
     // is no real generation config).
-    if (Result<nlohmann::json> parsed = util::ParseJson(text, path); parsed.ok()) generation = std::move(*parsed);
+    if (Result<nlohmann::json> parsed = util::ParseJson(text, path, util::kJsonConfigLimit); parsed.ok()) generation = std::move(*parsed);
   }
   return model::NormalizeConfigForMlxLm(inventory.config(), generation ? &*generation : nullptr);
 }

@@ -24,7 +24,7 @@ Result<std::string> InspectOllamaModel(const std::string& models_dir, const std:
     const std::string path = store.BlobPath(manifest.config->digest);
     STQ_ASSIGN_OR_RETURN(std::string text, util::ReadRegularFile(path, util::kJsonConfigLimit));
     // Shown as null when it is not JSON: the tensors can be listed all the same.
-    if (Result<nlohmann::ordered_json> config = util::ParseOrderedJson(text, path); config.ok()) {
+    if (Result<nlohmann::ordered_json> config = util::ParseOrderedJson(text, path, util::kJsonConfigLimit); config.ok()) {
       report["config"] = std::move(*config);
     }
   }

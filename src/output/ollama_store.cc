@@ -271,7 +271,7 @@ Result<OllamaLayer> ParseLayer(const nlohmann::json& j, const std::string& where
 }  // namespace
 
 Result<OllamaManifest> ParseOllamaManifest(std::string_view text, const std::string& path) {
-  STQ_ASSIGN_OR_RETURN(nlohmann::json j, util::ParseJson(text, path));
+  STQ_ASSIGN_OR_RETURN(nlohmann::json j, util::ParseJson(text, path, util::kJsonConfigLimit));
   const std::string where = util::Quoted(path);
   const auto layers = j.is_object() ? j.find("layers") : j.end();
   if (!j.is_object() || layers == j.end() || !layers->is_array()) {

@@ -88,7 +88,7 @@ Result<RegularFile> OpenRegularFile(const std::string& path) {
   return file;
 }
 
-Result<std::string> ReadRegularFile(const std::string& path, const ReadLimit& limit) {
+Result<std::string> ReadRegularFile(const std::string& path, const InputLimit& limit) {
   STQ_ASSIGN_OR_RETURN(RegularFile file, OpenRegularFile(path));
   if (file.size > limit.max_bytes) {
     return Status::InvalidInput(fmt::format("{}: {} bytes, over the limit of {} MiB for {}", Quoted(path), file.size,

@@ -3,8 +3,9 @@
 // until a writer appears, forever), a device, a socket, a directory, a dangling symbolic link, a
 // link loop, a file of gigabytes where a few kilobytes are expected. Every input file stquant
 // opens goes through OpenRegularFile, and every input read whole into memory through
-// ReadRegularFile with the limit of its kind, so that no input can block, or make stquant
-// allocate more than that limit (README "Exit codes and hostile input" lists the limits).
+// ReadRegularFile (and util::ParseJson for JSON) with the InputLimit of its kind, so that no input
+// can block, or make stquant allocate more than that limit allows (README "Hostile files" lists
+// the limits and the memory they bound).
 //
 // Symbolic links are followed (no O_NOFOLLOW): the Hugging Face cache is made of them
 // (snapshots/<rev>/x -> ../../blobs/<hash>), and the kernel refuses a loop with ELOOP after 40
@@ -20,21 +21,25 @@
 
 namespace stquant::util {
 
-// How much of one kind of input file may be read whole into memory, and its name in messages.
-struct ReadLimit {
-  uint64_t max_bytes;
+// How much of one kind of input may be read whole into memory, and its name in messages.
+struct InputLimit {
+  uint64_t max_bytes;  // of the file
+  // JSON: the values (scalars, arrays, objects) and member names util::ParseJson may build. The
+  // parsed form of dense JSON costs far more than its text (16 bytes a value and up to 150 a
+  // member, against 2 bytes of "0,"): this bounds it where max_bytes alone would not.
+  uint64_t max_json_values;
   std::string_view what;
 };
 
 // config.json, generation_config.json, hf_quant_config.json, tokenizer_config.json, ollama
-// manifests and config blobs: real ones are a few KB; tokenizer_config.json with thousands of
-// added tokens about 1 MB.
-inline constexpr ReadLimit kJsonConfigLimit{16u << 20, "a JSON configuration file"};
-// model.safetensors.index.json names every tensor (about 100 bytes each): a checkpoint of 100,000
-// tensors has an index of about 10 MB.
-inline constexpr ReadLimit kJsonIndexLimit{64u << 20, "a safetensors index"};
-// A Modelfile and the chat template it may name (inline TEMPLATE/SYSTEM/LICENSE texts).
-inline constexpr ReadLimit kTextFileLimit{16u << 20, "a Modelfile or chat template"};
+// manifests and config blobs: real ones are a few KB and a few hundred values; a
+// tokenizer_config.json with thousands of added tokens about 1 MB and 50,000 values.
+inline constexpr InputLimit kJsonConfigLimit{4u << 20, 1u << 18, "a JSON configuration file"};
+// model.safetensors.index.json names every tensor (about 100 bytes and 2 values each): Kimi-K2's
+// 140,000 tensors (61 layers of 384 experts) make an index of about 14 MB and 280,000 values.
+inline constexpr InputLimit kJsonIndexLimit{32u << 20, 1u << 20, "a safetensors index"};
+// A Modelfile and the chat template of a model (texts of a few KB: templates, licenses).
+inline constexpr InputLimit kTextFileLimit{4u << 20, 0, "a Modelfile or chat template"};
 
 // Refuses anything at `path` but a regular file (symbolic links followed), without opening it:
 // InvalidInput naming the path and what is there instead ("not a regular file (a FIFO)", "a
@@ -56,6 +61,6 @@ Result<RegularFile> OpenRegularFile(const std::string& path);
 
 // The contents of the regular file at `path`: InvalidInput, before anything is allocated, when it
 // holds more than limit.max_bytes.
-Result<std::string> ReadRegularFile(const std::string& path, const ReadLimit& limit);
+Result<std::string> ReadRegularFile(const std::string& path, const InputLimit& limit);
 
 }  // namespace stquant::util

@@ -18,14 +18,14 @@ namespace stquant::util {
 // Deepest nesting of arrays and objects accepted (the top-level value is level 1).
 inline constexpr int kMaxJsonDepth = 64;
 
-// Parses `text` (named `path` in messages). InvalidInput "'<path>': invalid JSON: <where and
-// why>" or "'<path>': invalid JSON: nested deeper than 64 levels"; the parse stops at the first
-// error, so at most kMaxJsonDepth containers are ever open. Exceptions stop here.
-Result<nlohmann::json> ParseJson(std::string_view text, std::string_view path);
+// Parses `text` (named `path` in messages), a file of the kind `limit` describes. InvalidInput
+// "'<path>': invalid JSON: <where and why>", "'<path>': invalid JSON: nested deeper than 64
+// levels" or "'<path>': JSON of more than N values, over the limit for <limit.what>". The parse
+// stops at the first error, so at most kMaxJsonDepth containers are ever open and at most
+// limit.max_json_values values built. Exceptions stop here.
+Result<nlohmann::json> ParseJson(std::string_view text, std::string_view path, const InputLimit& limit);
 // The same with the members of objects kept in file order.
-Result<nlohmann::ordered_json> ParseOrderedJson(std::string_view text, std::string_view path);
-
-// ReadRegularFile(path, limit), then ParseJson.
-Result<nlohmann::json> ReadJsonFile(const std::string& path, const ReadLimit& limit);
+Result<nlohmann::ordered_json> ParseOrderedJson(std::string_view text, std::string_view path,
+                                                const InputLimit& limit);
 
 }  // namespace stquant::util

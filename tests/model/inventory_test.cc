@@ -303,7 +303,7 @@ TEST(ParseIndexTextTest, AcceptsBareShardNamesOnly) {
                 StatusIs(StatusCode::kInvalidInput, HasSubstr("'i.json': weight_map entry 'a': shard")));
   }
   EXPECT_THAT(ParseIndexText("{\"a\": ", "i.json"), StatusIs(StatusCode::kInvalidInput, HasSubstr("invalid JSON")));
-  EXPECT_THAT(ParseJsonObjectText("[1]", "c.json"),
+  EXPECT_THAT(ParseJsonObjectText("[1]", "c.json", util::kJsonConfigLimit),
               StatusIs(StatusCode::kInvalidInput, HasSubstr("expected a JSON object, got array")));
 }
 

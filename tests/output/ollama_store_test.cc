@@ -110,9 +110,9 @@ TEST_F(OllamaStoreTest, ManifestThatIsAFifoOrTooLargeIsRefusedAtOnce) {
   Result<OllamaManifest> fifo = store->ReadManifest(*ParseOllamaName("fifo"));
   EXPECT_EQ(fifo.status().code(), StatusCode::kInvalidInput);
   EXPECT_NE(fifo.status().message().find("not a regular file (a FIFO)"), std::string::npos) << fifo.status().message();
-  std::ofstream(dir / "big") << "{\"layers\": []}" << std::string(17 << 20, ' ');
+  std::ofstream(dir / "big") << "{\"layers\": []}" << std::string(5 << 20, ' ');
   Result<OllamaManifest> big = store->ReadManifest(*ParseOllamaName("fifo:big"));
-  EXPECT_NE(big.status().message().find("over the limit of 16 MiB"), std::string::npos) << big.status().message();
+  EXPECT_NE(big.status().message().find("over the limit of 4 MiB"), std::string::npos) << big.status().message();
 }
 
 TEST(OllamaManifestTest, LayersMustNameBlobsInsideTheStore) {

@@ -79,11 +79,11 @@ with open(result, "w") as f:
 """
 
 
-def run_measured(stquant: Path, args: list, cwd: Path) -> Run:
+def run_measured(stquant: Path, args: list, cwd: Path, kill_after: int = KILL_AFTER) -> Run:
     """Runs stquant; its exit code, stderr, wall time and peak RSS (its own, see MEASURE)."""
     err, result = cwd / "stderr.txt", cwd / "measured.txt"
     with open(err, "wb") as stderr:
-        subprocess.run([sys.executable, "-c", MEASURE, str(result), str(KILL_AFTER), str(stquant), *map(str, args)],
+        subprocess.run([sys.executable, "-c", MEASURE, str(result), str(kill_after), str(stquant), *map(str, args)],
                        stdout=subprocess.DEVNULL, stderr=stderr, cwd=cwd, check=True)
     rc, rss_kib, seconds = result.read_text().split()
     return Run(int(rc), err.read_text(errors="backslashreplace"), float(seconds), int(rss_kib) * 1024)
@@ -218,7 +218,7 @@ ROWS = [
         ["model.safetensors': symbolic link loop"]),
     Row("config-200MB-whitespace", LLAMA,
         replace_with_padded("config.json", '{"model_type": "llama"', 200_000_000, "}"),
-        ["config.json': 200000023 bytes, over the limit of 16 MiB for a JSON configuration file"]),
+        ["config.json': 200000023 bytes, over the limit of 4 MiB for a JSON configuration file"]),
     Row("shard-symlink-to-dev-zero", LLAMA, replace_with_symlink("model.safetensors", "/dev/zero"),
         ["model.safetensors': not a regular file (a character device)"]),
     Row("directory-named-like-a-shard-indexed", MOE, replace_with_directory("model-00004-of-00007.safetensors"),
@@ -231,8 +231,8 @@ ROWS = [
     # -- the same classes on the other files stquant reads
     Row("index-fifo", MOE, replace_with_fifo("model.safetensors.index.json"),
         ["model.safetensors.index.json': not a regular file (a FIFO)"]),
-    Row("index-over-64MiB", MOE, replace_with_sparse("model.safetensors.index.json", (64 << 20) + 1, b"{}"),
-        ["model.safetensors.index.json': 67108865 bytes, over the limit of 64 MiB for a safetensors index"]),
+    Row("index-over-32MiB", MOE, replace_with_sparse("model.safetensors.index.json", (32 << 20) + 1, b"{}"),
+        ["model.safetensors.index.json': 33554433 bytes, over the limit of 32 MiB for a safetensors index"]),
     Row("hf-quant-config-fifo", LLAMA, replace_with_fifo("hf_quant_config.json"),
         ["hf_quant_config.json': not a regular file (a FIFO)"]),
     Row("hf-quant-config-deep", LLAMA,
@@ -282,6 +282,47 @@ def test_hostile_file(stquant, fixtures, tmp_path, row):
         check(run_measured(stquant, command(which, model, tmp_path), tmp_path), 0, [], which)
 
 
+# ---- the densest JSON within the size limits: the value budget bounds its parsed form -------------
+
+
+def dense_json(path: Path, limit: int, head: str, item: Callable[[int], str], tail: str) -> None:
+    """head + item(0) + item(1) + ... + tail, as many items as `limit` bytes hold, written in pieces."""
+    with open(path, "w") as f:
+        f.write(head)
+        size, i, piece = len(head) + len(tail), 0, []
+        while size + len(item(i)) <= limit:
+            piece.append(item(i))
+            size, i = size + len(piece[-1]), i + 1
+            if len(piece) == 1 << 16:
+                f.write("".join(piece))
+                piece = []
+        f.write("".join(piece) + tail)
+
+
+# (file, size limit, text, the budget's message, peak RSS bound measured with README's numbers)
+DENSE = [
+    ("config.json", 4 << 20, ('{"model_type": "llama", "a": [', lambda i: "0,", "0]}"),
+     "config.json': JSON of more than 262144 values, over the limit for a JSON configuration file", 100 << 20),
+    ("config.json", 4 << 20, ('{"model_type": "llama", "o": {', lambda i: f'"{i:x}":0,', '"z":0}}'),
+     "config.json': JSON of more than 262144 values", 100 << 20),
+    ("model.safetensors.index.json", 32 << 20,
+     ('{"weight_map": {', lambda i: f'"{i:x}":"a.safetensors",', '"z":"a.safetensors"}}'),
+     "model.safetensors.index.json': JSON of more than 1048576 values, over the limit for a safetensors index",
+     160 << 20),
+]
+
+
+@pytest.mark.parametrize("case", DENSE, ids=["config-array", "config-object", "index-weight-map"])
+def test_densest_json_at_the_size_limit(stquant, fixtures, tmp_path, case):
+    file, limit, (head, item, tail), message, max_rss = case
+    model = copy_fixture(fixtures, MOE, tmp_path)
+    dense_json(model / file, limit, head, item, tail)
+    assert (model / file).stat().st_size <= limit
+    run = run_measured(stquant, command(INSPECT, model, tmp_path), tmp_path)
+    assert run.rc == 2 and message in run.stderr, run.stderr
+    assert run.rss < max_rss, f"peak RSS {run.rss >> 20} MiB"
+
+
 # ---- what must keep working ---------------------------------------------------------------------
 
 
@@ -322,11 +363,12 @@ def test_unneeded_special_file_is_left_out_with_a_warning(stquant, fixtures, tmp
 @pytest.mark.parametrize("which", [CONVERT, OLLAMA])
 def test_large_tokenizer_is_streamed(stquant, fixtures, tmp_path, which):
     """A copied file larger than any read limit (tokenizer.json of real models is tens of MB) is
-    copied in pieces: 300 MB through a process that stays under 100 MiB."""
+    copied in pieces: 200 MiB through a process that stays under 100 MiB."""
     model = copy_fixture(fixtures, LLAMA, tmp_path)
-    replace_with_sparse("tokenizer.json", 300 << 20, b'{"model": {}}')(model)
+    replace_with_sparse("tokenizer.json", 200 << 20, b'{"model": {}}')(model)
     (tmp_path / "out").mkdir()
-    check(run_measured(stquant, command(which, model, tmp_path), tmp_path), 0, [], which, max_seconds=30)
+    check(run_measured(stquant, command(which, model, tmp_path), tmp_path, kill_after=120), 0, [], which,
+          max_seconds=120)
 
 
 # ---- the other commands that read files ---------------------------------------------------------
@@ -369,9 +411,9 @@ def test_modelfile_that_is_a_fifo_or_too_large(stquant, fixtures, tmp_path):
     base = ["convert", "--layout", "ollama", "--name", "x", "--models-dir", tmp_path / "store", "-f"]
     check(run_measured(stquant, [*base, tmp_path / "Modelfile"], tmp_path), 2,
           ["Modelfile': not a regular file (a FIFO)"], "fifo")
-    replace_with_sparse("Big", (16 << 20) + 1, f"FROM {model}\n".encode())(tmp_path)
+    replace_with_sparse("Big", (4 << 20) + 1, f"FROM {model}\n".encode())(tmp_path)
     check(run_measured(stquant, [*base, tmp_path / "Big"], tmp_path), 2,
-          ["Big': 16777217 bytes, over the limit of 16 MiB for a Modelfile or chat template"], "big")
+          ["Big': 4194305 bytes, over the limit of 4 MiB for a Modelfile or chat template"], "big")
     (tmp_path / "Invalid").write_bytes(f"FROM {model}\nPARAMETER stop \xff\n".encode("latin-1"))
     check(run_measured(stquant, [*base, tmp_path / "Invalid"], tmp_path), 2, ["Modelfile", "not valid UTF-8"],
           "utf8")

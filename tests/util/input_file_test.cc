@@ -156,7 +156,7 @@ TEST(InputFileTest, HostileNameIsPrintedEscaped) {
 
 TEST(ReadRegularFileTest, ReadsUpToTheLimitAndRefusesOneByteMore) {
   ScratchDir dir;
-  constexpr ReadLimit kLimit{1u << 20, "a test file"};
+  constexpr InputLimit kLimit{1u << 20, 0, "a test file"};
   WriteBytes(dir.File("at"), std::string(kLimit.max_bytes, 'a'));
   auto text = ReadRegularFile(dir.File("at"), kLimit);
   ASSERT_THAT(text, IsOk());
@@ -175,7 +175,7 @@ TEST(ReadRegularFileTest, HugeFileIsRefusedBeforeAnythingIsAllocated) {
   rusage before{};
   ::getrusage(RUSAGE_SELF, &before);
   EXPECT_THAT(ReadRegularFile(path, kJsonConfigLimit),
-              StatusIs(StatusCode::kInvalidInput, HasSubstr("1099511627776 bytes, over the limit of 16 MiB for a JSON "
+              StatusIs(StatusCode::kInvalidInput, HasSubstr("1099511627776 bytes, over the limit of 4 MiB for a JSON "
                                                             "configuration file")));
   rusage after{};
   ::getrusage(RUSAGE_SELF, &after);
