@@ -361,8 +361,11 @@ void RemoveStaleTemps(const std::string& dir, const std::string& prefix) {
     // The lock file is created before any temporary of its tag and removed after the last one, so
     // a temporary without one is a leftover.
     const std::string lock_path = dir + "/" + prefix + tag + std::string(kLockSuffix);
-    Fd lock(::open(lock_path.c_str(), O_RDONLY | O_CLOEXEC));
+    // O_NONBLOCK: a FIFO of that name would block the open forever; it is no lock of ours.
+    Fd lock(::open(lock_path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC));
     if (lock.get() < 0 && errno != ENOENT) continue;  // unreadable (another user's): leave it
+    struct stat st {};
+    if (lock.get() >= 0 && (::fstat(lock.get(), &st) != 0 || !S_ISREG(st.st_mode))) continue;
     if (lock.get() >= 0 && ::flock(lock.get(), LOCK_EX | LOCK_NB) != 0) continue;  // its owner runs
     for (const fs::path& path : paths) {
       if (path.native() != lock_path) fs::remove_all(path, ec);

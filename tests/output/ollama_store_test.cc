@@ -13,6 +13,7 @@
 #include <optional>
 
 #include "util/file.h"
+#include "util/file_test_util.h"
 
 namespace stquant::output {
 namespace {
@@ -136,6 +137,19 @@ TEST(OllamaManifestTest, LayersMustNameBlobsInsideTheStore) {
   EXPECT_EQ(message(R"({"layers": {}})"), "'m': not an ollama manifest (no \"layers\" array)");
   EXPECT_EQ(message("[]"), "'m': not an ollama manifest (no \"layers\" array)");
   EXPECT_EQ(message(R"({"layers": )" + std::string(100000, '[')), "'m': invalid JSON: nested deeper than 64 levels");
+}
+
+// Issue 17: a FIFO named like a lock file would block its open; it is left alone, and so are the
+// temporaries of its tag.
+TEST_F(OllamaStoreTest, OpenDoesNotBlockOnAFifoNamedLikeALock) {
+  const fs::path blobs = fs::path(root_) / "blobs";
+  fs::create_directories(blobs);
+  const fs::path lock = blobs / ".stquant-tmp-4194311-0123456789abcdef.lock";
+  ASSERT_EQ(::mkfifo(lock.c_str(), 0600), 0);
+  std::ofstream(blobs / ".stquant-tmp-4194311-0123456789abcdef-0") << "partial";
+  EXPECT_TRUE(testing::WithinLimit([&] { return OllamaStore::Open(root_).status(); }).ok());
+  EXPECT_TRUE(fs::exists(fs::symlink_status(lock)));
+  EXPECT_TRUE(fs::exists(blobs / ".stquant-tmp-4194311-0123456789abcdef-0"));
 }
 
 TEST_F(OllamaStoreTest, OpenRemovesOnlyTemporariesWhoseLockNobodyHolds) {

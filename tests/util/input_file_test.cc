@@ -10,12 +10,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <chrono>
 #include <cstring>
-#include <functional>
-#include <future>
 #include <string>
-#include <thread>
 
 #include "util/file_test_util.h"
 
@@ -25,22 +21,9 @@ namespace {
 using ::stquant::testing::IsOk;
 using ::stquant::testing::ScratchDir;
 using ::stquant::testing::StatusIs;
+using ::stquant::testing::WithinLimit;
 using ::stquant::testing::WriteBytes;
 using ::testing::HasSubstr;
-
-// Runs `call` on a thread of its own and returns its status, or fails the test when it has not
-// returned after `limit` (the thread, blocked in open(), is then left behind: it does not keep
-// the test binary from exiting).
-Status WithinLimit(const std::function<Status()>& call, std::chrono::milliseconds limit = std::chrono::seconds(2)) {
-  auto done = std::make_shared<std::promise<Status>>();
-  std::future<Status> result = done->get_future();
-  std::thread([done, call] { done->set_value(call()); }).detach();
-  if (result.wait_for(limit) != std::future_status::ready) {
-    ADD_FAILURE() << "still blocked after " << limit.count() << " ms";
-    return Status::Internal("blocked");
-  }
-  return result.get();
-}
 
 Status OpenStatus(const std::string& path) { return OpenRegularFile(path).status(); }
 
