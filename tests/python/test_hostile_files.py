@@ -397,6 +397,9 @@ def test_safetensors_input_that_is_a_fifo_or_deep(stquant, tmp_path, cmd):
     os.mkfifo(tmp_path / "in.safetensors")
     check(run_measured(stquant, args(tmp_path / "in.safetensors"), tmp_path), 2,
           ["in.safetensors': not a regular file (a FIFO)"], cmd)
+    (tmp_path / "loop.safetensors").symlink_to("loop.safetensors")
+    check(run_measured(stquant, args(tmp_path / "loop.safetensors"), tmp_path), 2,
+          ["loop.safetensors': symbolic link loop"], cmd)
     # 20 million levels (40 MB of header): refused at level 65, not after gigabytes of DOM.
     deep = deep_header_file(tmp_path / "deep.safetensors", 20_000_000)
     check(run_measured(stquant, args(deep), tmp_path), 2, ["deep.safetensors: header JSON is nested deeper than 64"],
