@@ -11,6 +11,7 @@
 
 #include "safetensors/format.h"
 #include "util/json_input.h"
+#include "util/printable.h"
 
 namespace stquant::model {
 
@@ -159,7 +160,7 @@ Result<std::vector<std::pair<std::string, std::string>>> Tokenize(const std::str
       if (arg.size() >= 2 && arg.front() == '"' && arg.back() == '"') arg = arg.substr(1, arg.size() - 2);
     }
     if (arg.empty() && command != "template" && command != "system") {
-      return Status::InvalidArgument(fmt::format("Modelfile line {}: missing value for {}", line, command));
+      return Status::InvalidArgument(fmt::format("Modelfile line {}: missing value for {}", line, util::Printable(command)));
     }
     out.emplace_back(command, arg);
   }
@@ -207,7 +208,8 @@ Result<OllamaModelfile> ParseOllamaModelfile(const std::string& text, const std:
       std::error_code ec;
       const std::string path = resolve(arg);
       if (!fs::is_directory(path, ec)) {
-        return Status::InvalidArgument("DRAFT model references are not supported with --experimental yet: " + arg);
+        return Status::InvalidArgument("DRAFT model references are not supported with --experimental yet: " +
+                                       util::Printable(arg));
       }
       mf.draft = path;
     } else if (command == "requires") {
@@ -216,20 +218,26 @@ Result<OllamaModelfile> ParseOllamaModelfile(const std::string& text, const std:
       ParseSemver(kOllamaMinVersion, min);
       if (std::lexicographical_compare(have, have + 3, min, min + 3)) {
         return Status::InvalidArgument(fmt::format("requires {} is below the minimum supported version {} for safetensors models",
-                                                   arg, kOllamaMinVersion));
+                                                   util::Printable(arg), kOllamaMinVersion));
       }
       mf.requires_version = arg[0] == 'v' ? arg.substr(1) : arg;
     } else if (command == "adapter" || command == "message") {
       continue;
     } else if (command == "parameter") {
       const size_t space = arg.find_first_of(" \t");
-      if (space == std::string::npos) return Status::InvalidArgument("PARAMETER needs a name and a value: " + arg);
+      // A """quoted""" argument keeps its trailing blanks: "name   " has no value either.
+      const size_t value_start = space == std::string::npos ? space : arg.find_first_not_of(" \t", space);
+      if (value_start == std::string::npos) {
+        return Status::InvalidArgument("PARAMETER needs a name and a value: " + util::Printable(arg));
+      }
       const std::string key = Lower(arg.substr(0, space));
-      std::string value = arg.substr(arg.find_first_not_of(" \t", space));
+      std::string value = arg.substr(value_start);
       if (value.size() >= 2 && value.front() == '"' && value.back() == '"') value = value.substr(1, value.size() - 2);
       if (SilentlyIgnored(key)) continue;
       auto kind = ParamKinds().find(key);
-      if (kind == ParamKinds().end()) return Status::InvalidArgument(fmt::format("unknown parameter '{}'", key));
+      if (kind == ParamKinds().end()) {
+        return Status::InvalidArgument(fmt::format("unknown parameter '{}'", util::Printable(key)));
+      }
       try {
         size_t used = 0;
         switch (kind->second) {
@@ -260,10 +268,11 @@ Result<OllamaModelfile> ParseOllamaModelfile(const std::string& text, const std:
             break;
         }
       } catch (const std::exception&) {
-        return Status::InvalidArgument(fmt::format("invalid value for parameter '{}': {}", key, value));
+        return Status::InvalidArgument(
+            fmt::format("invalid value for parameter '{}': {}", util::Printable(key), util::Printable(value)));
       }
     } else {
-      return Status::InvalidArgument(fmt::format("unknown Modelfile command '{}'", command));
+      return Status::InvalidArgument(fmt::format("unknown Modelfile command '{}'", util::Printable(command)));
     }
   }
   return mf;
