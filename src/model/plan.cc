@@ -1,9 +1,7 @@
 // PlanConversion: the pure planning step of `stquant convert` (headers only).
 #include <algorithm>
-#include <array>
 #include <charconv>
 #include <limits>
-#include <filesystem>
 #include <map>
 #include <regex>
 #include <set>
@@ -13,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "model/arch.h"
+#include "model/copied_files.h"
 #include "model/inventory.h"
 #include "model/json_util.h"
 #include "model/ollama_policy.h"
@@ -556,22 +555,8 @@ Result<PlanContext> BuildPlan(const ConvertOptions& options, bool draft) {
     plan.tensors = std::move(ordered);
   }
 
-  // 5. Files copied beside the weights: everything at the top level but weights, the config and
-  // the index (tokenizer, generation config, chat templates, license, ...).
-  std::error_code ec;
-  for (const auto& entry : std::filesystem::directory_iterator(options.source_dir, ec)) {
-    const std::string file = entry.path().filename().string();
-    if (!entry.is_regular_file(ec) || file.empty() || file[0] == '.') continue;
-    static const std::array<std::string_view, 8> kWeightSuffixes = {".safetensors", ".bin", ".pt", ".pth",
-                                                                    ".gguf", ".msgpack", ".h5", ".onnx"};
-    bool weights = false;
-    for (std::string_view suffix : kWeightSuffixes) weights |= EndsWith(file, suffix);
-    if (weights || file == "config.json" || file == "model.safetensors.index.json" || file == "hf_quant_config.json") {
-      continue;
-    }
-    plan.copied_files.push_back(file);
-  }
-  std::sort(plan.copied_files.begin(), plan.copied_files.end());
+  // 5. Files copied beside the weights (tokenizer, generation config, chat templates, license, ...).
+  STQ_ASSIGN_OR_RETURN(plan.copied_files, model::CopiedFiles(options.source_dir, plan.warnings));
   for (const std::string& w : inv.warnings()) plan.warnings.push_back(w);
   return context;
 }

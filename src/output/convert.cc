@@ -97,7 +97,7 @@ nlohmann::json QuantParams(const QuantSpec& spec, bool with_mode) {
 }
 
 Result<std::string> OutputConfig(const Inventory& inv, const ConversionPlan& plan) {
-  nlohmann::json config = output::MlxConfigBase(inv, plan.copied_files);
+  STQ_ASSIGN_OR_RETURN(nlohmann::json config, output::MlxConfigBase(inv, plan.copied_files));
   // The source's FP8 block quantization is decoded away.
   if (plan.source_kind == "block-fp8") config.erase("quantization_config");
   if (plan.default_quant) {

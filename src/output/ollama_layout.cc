@@ -6,10 +6,8 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <future>
 #include <map>
-#include <sstream>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -22,6 +20,8 @@
 #include "output/planned_rows.h"
 #include "output/prequant_write.h"
 #include "output/tensor_stream.h"
+#include "util/input_file.h"
+#include "util/json_input.h"
 
 namespace stquant::output {
 
@@ -30,15 +30,6 @@ namespace {
 namespace fs = std::filesystem;
 using safetensors::TensorDecl;
 using safetensors::Writer;
-
-Result<std::string> ReadWholeFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return Status::IoError(fmt::format("cannot read '{}'", path));
-  std::ostringstream s;
-  s << in.rdbuf();
-  if (in.bad()) return Status::IoError(fmt::format("cannot read '{}'", path));
-  return s.str();
-}
 
 struct Progress {
   ConvertProgress state;
@@ -280,8 +271,7 @@ Status WriteConfigLayers(OllamaStore& store, const std::string& dir, const std::
     return Status::InvalidInput("config.json not found in " + dir);
   }
   for (const std::string& file : files) {
-    STQ_ASSIGN_OR_RETURN(std::string bytes, ReadWholeFile(dir + "/" + file));
-    STQ_ASSIGN_OR_RETURN(OllamaLayer layer, store.AddBlobBytes(bytes, kOllamaMediaJson, prefix + file));
+    STQ_ASSIGN_OR_RETURN(OllamaLayer layer, store.AddBlobCopy(dir + "/" + file, kOllamaMediaJson, prefix + file));
     layers.push_back(std::move(layer));
   }
   return Status::Ok();
@@ -323,18 +313,12 @@ struct PreparedImport {
   nlohmann::ordered_json draft_info;
   // FROM an existing model of the store: its name, manifest and ConfigV2 (reused as they are).
   std::optional<OllamaName> base;
-  nlohmann::json base_manifest;
+  OllamaManifest base_manifest;
   nlohmann::ordered_json base_config;
 };
 
-bool IsSha256Digest(const nlohmann::json& digest) {
-  if (!digest.is_string()) return false;
-  const std::string& d = digest.get_ref<const std::string&>();
-  return d.size() == 71 && d.starts_with("sha256:") &&
-         std::all_of(d.begin() + 7, d.end(), [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
-}
-
 // FROM names an existing model of the store (not a directory): "FROM qwen3:8b" as in ollama.
+// The manifest is validated by ParseOllamaManifest (digests, sizes, names).
 Result<bool> ReadBaseModel(PreparedImport& im) {
   const std::string& from = im.options.source_dir;
   std::error_code ec;
@@ -342,34 +326,27 @@ Result<bool> ReadBaseModel(PreparedImport& im) {
   Result<OllamaName> base = ParseOllamaName(from);
   if (!base.ok()) return false;
   const OllamaStore reader = OllamaStore::OpenForReading(im.root);
-  Result<nlohmann::json> manifest = reader.ReadManifest(*base);
-  if (!manifest.ok()) return false;
-  const nlohmann::json& config = (*manifest)["config"];
-  if (!config.is_object() || !config.contains("digest") || !IsSha256Digest(config["digest"])) {
-    return Status::InvalidInput(fmt::format("model '{}': manifest has no config digest", from));
+  Result<OllamaManifest> manifest = reader.ReadManifest(*base);
+  if (!manifest.ok()) {
+    if (manifest.status().code() == StatusCode::kInvalidArgument) return false;  // no model of that name
+    return manifest.status();
   }
-  STQ_ASSIGN_OR_RETURN(std::string bytes, ReadWholeFile(reader.BlobPath(config["digest"].get<std::string>())));
-  im.base_config = nlohmann::ordered_json::parse(bytes, nullptr, /*allow_exceptions=*/false);
+  if (!manifest->config) return Status::InvalidInput(fmt::format("model '{}': manifest has no config digest", from));
+  const std::string config_path = reader.BlobPath(manifest->config->digest);
+  STQ_ASSIGN_OR_RETURN(std::string bytes, util::ReadRegularFile(config_path, util::kJsonConfigLimit));
+  STQ_ASSIGN_OR_RETURN(im.base_config, util::ParseOrderedJson(bytes, config_path, util::kJsonConfigLimit));
   if (!im.base_config.is_object()) return Status::InvalidInput(fmt::format("model '{}': config blob is not a JSON object", from));
   if (im.base_config.value("model_format", "") != "safetensors") {
     return Status::InvalidArgument(fmt::format("base model {} is not a safetensors model", from));
   }
-  // Every layer well formed and its blob present: the new manifest names them all.
-  const nlohmann::json& layers = (*manifest)["layers"];
-  if (!layers.is_array()) return Status::InvalidInput(fmt::format("model '{}': manifest has no layers", from));
+  // Every layer's blob present: the new manifest names them all.
   bool has_config_json = false;
-  for (const nlohmann::json& layer : layers) {
-    auto is_string = [&](const char* key) { return layer.contains(key) && layer[key].is_string(); };
-    if (!layer.is_object() || !is_string("mediaType") || !IsSha256Digest(layer.value("digest", nlohmann::json())) ||
-        !layer.contains("size") ||
-        !layer["size"].is_number_unsigned() || (layer.contains("name") && !layer["name"].is_string())) {
-      return Status::InvalidInput(fmt::format("model '{}': malformed manifest layer {}", from, layer.dump()));
+  for (const OllamaLayer& layer : manifest->layers) {
+    if (!fs::is_regular_file(reader.BlobPath(layer.digest), ec)) {
+      return Status::InvalidInput(
+          fmt::format("model '{}': blob {} of its manifest is missing from the store", from, layer.digest));
     }
-    if (!fs::is_regular_file(reader.BlobPath(layer["digest"].get<std::string>()), ec)) {
-      return Status::InvalidInput(fmt::format("model '{}': blob {} of its manifest is missing from the store", from,
-                                              layer["digest"].get<std::string>()));
-    }
-    has_config_json |= layer.value("name", "") == "config.json";
+    has_config_json |= layer.name == "config.json";
   }
   if (!has_config_json) return Status::InvalidInput(fmt::format("base model {} does not contain config.json", from));
   im.base = *base;
@@ -383,7 +360,7 @@ Result<PreparedImport> PrepareImport(const ConvertOptions& given) {
   ConvertOptions& options = im.options;
   // The Modelfile (ollama-create-spec §1).
   if (!options.modelfile.empty()) {
-    STQ_ASSIGN_OR_RETURN(std::string text, ReadWholeFile(options.modelfile));
+    STQ_ASSIGN_OR_RETURN(std::string text, util::ReadRegularFile(options.modelfile, util::kTextFileLimit));
     const std::string dir = fs::path(options.modelfile).parent_path().string();
     STQ_ASSIGN_OR_RETURN(im.modelfile, model::ParseOllamaModelfile(text, dir.empty() ? "." : dir));
     if (options.source_dir.empty()) options.source_dir = im.modelfile.from;
@@ -438,13 +415,7 @@ Result<PreparedImport> PrepareImport(const ConvertOptions& given) {
 std::vector<OllamaLayer> BaseLayers(const PreparedImport& im) {
   std::vector<OllamaLayer> layers;
   const model::OllamaModelfile& mf = im.modelfile;
-  for (const nlohmann::json& l : im.base_manifest["layers"]) {
-    if (!l.is_object()) continue;
-    OllamaLayer layer;
-    layer.media_type = l.value("mediaType", "");
-    layer.digest = l.value("digest", "");
-    layer.size = l.value("size", uint64_t{0});
-    layer.name = l.value("name", "");
+  for (OllamaLayer layer : im.base_manifest.layers) {
     layer.reused = true;
     const bool replaced = (layer.media_type == kOllamaMediaTemplate && !mf.template_text.empty()) ||
                           (layer.media_type == kOllamaMediaSystem && !mf.system.empty()) ||
@@ -567,7 +538,10 @@ Result<ConvertSummary> ConvertToOllamaStore(const ConvertOptions& given,
     if (draft) config_v2["draft"] = im.draft_info;
   }
   const model::PlanContext* context = im.context ? &*im.context : nullptr;
-  const std::string chat_template = context ? model::ReadChatTemplate(options.source_dir) : "";
+  std::string chat_template;
+  if (context) {
+    STQ_ASSIGN_OR_RETURN(chat_template, model::ReadChatTemplate(options.source_dir));
+  }
   const nlohmann::json& config = context ? context->inventory->config() : nlohmann::json::object();
   const std::string parser =
       !modelfile.parser.empty() ? modelfile.parser : model::OllamaParserName(config, chat_template);

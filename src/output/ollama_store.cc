@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <filesystem>
@@ -14,6 +15,9 @@
 
 #include "output/output_dir.h"
 #include "util/file.h"
+#include "util/input_file.h"
+#include "util/json_input.h"
+#include "util/printable.h"
 
 namespace stquant::output {
 
@@ -114,8 +118,8 @@ std::string Sha256Hex(const std::string& bytes) {
 }
 
 Result<std::string> Sha256File(const std::string& path) {
-  STQ_ASSIGN_OR_RETURN(util::Fd fd, util::OpenForRead(path));
-  STQ_ASSIGN_OR_RETURN(uint64_t size, util::RegularFileSize(fd.get(), path));
+  STQ_ASSIGN_OR_RETURN(util::RegularFile file, util::OpenRegularFile(path));
+  const uint64_t size = file.size;
   MdContext md;
   if (!md.ctx || EVP_DigestInit_ex(md.ctx, EVP_sha256(), nullptr) != 1) {
     return Status::Internal("OpenSSL: cannot initialise SHA-256");
@@ -123,7 +127,7 @@ Result<std::string> Sha256File(const std::string& path) {
   std::vector<uint8_t> buffer(std::min<uint64_t>(size, 8u << 20));
   for (uint64_t offset = 0; offset < size; offset += buffer.size()) {
     std::span<uint8_t> piece(buffer.data(), std::min<uint64_t>(buffer.size(), size - offset));
-    STQ_RETURN_IF_ERROR(util::PreadFull(fd.get(), piece, offset, path));
+    STQ_RETURN_IF_ERROR(util::PreadFull(file.fd.get(), piece, offset, path));
     EVP_DigestUpdate(md.ctx, piece.data(), piece.size());
   }
   unsigned char digest[EVP_MAX_MD_SIZE];
@@ -200,6 +204,12 @@ Result<OllamaLayer> OllamaStore::AddBlobBytes(const std::string& bytes, std::str
   return AddBlobFile(temp, std::move(media_type), std::move(name));
 }
 
+Result<OllamaLayer> OllamaStore::AddBlobCopy(const std::string& source, std::string media_type, std::string name) {
+  const std::string temp = NewTempPath();
+  STQ_RETURN_IF_ERROR(CopyFileAtomically(source, temp));
+  return AddBlobFile(temp, std::move(media_type), std::move(name));
+}
+
 Result<std::string> OllamaStore::WriteManifest(const OllamaName& name, const OllamaLayer& config,
                                                const std::vector<OllamaLayer>& layers) {
   nlohmann::ordered_json manifest;
@@ -218,21 +228,64 @@ Result<std::string> OllamaStore::WriteManifest(const OllamaName& name, const Oll
   return path.string();
 }
 
-Result<nlohmann::json> OllamaStore::ReadManifest(const OllamaName& name) const {
+Result<OllamaManifest> OllamaStore::ReadManifest(const OllamaName& name) const {
   const std::string path = (fs::path(root_) / "manifests" / name.ManifestPath()).string();
   std::error_code ec;
-  if (!fs::is_regular_file(path, ec)) {
+  if (!fs::exists(fs::symlink_status(path, ec))) {
     return Status::InvalidArgument(fmt::format("model '{}' not found in {} (no {})", name.Display(), root_, path));
   }
-  STQ_ASSIGN_OR_RETURN(util::Fd fd, util::OpenForRead(path));
-  STQ_ASSIGN_OR_RETURN(uint64_t size, util::RegularFileSize(fd.get(), path));
-  std::string text(size, '\0');
-  STQ_RETURN_IF_ERROR(util::PreadFull(fd.get(), {reinterpret_cast<uint8_t*>(text.data()), text.size()}, 0, path));
-  nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
-  if (j.is_discarded() || !j.is_object() || !j.contains("layers") || !j["layers"].is_array()) {
-    return Status::InvalidInput(fmt::format("{}: not an ollama manifest", path));
+  STQ_ASSIGN_OR_RETURN(std::string text, util::ReadRegularFile(path, util::kJsonConfigLimit));
+  return ParseOllamaManifest(text, path);
+}
+
+namespace {
+
+bool IsBlobDigest(std::string_view digest) {
+  constexpr std::string_view kPrefix = "sha256:";
+  if (digest.size() != kPrefix.size() + 64 || !digest.starts_with(kPrefix)) return false;
+  return std::all_of(digest.begin() + kPrefix.size(), digest.end(),
+                     [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
+}
+
+Result<OllamaLayer> ParseLayer(const nlohmann::json& j, const std::string& where) {
+  if (!j.is_object()) return Status::InvalidInput(where + " is not an object");
+  OllamaLayer layer;
+  const auto digest = j.find("digest");
+  if (digest == j.end() || !digest->is_string() || !IsBlobDigest(digest->get_ref<const std::string&>())) {
+    return Status::InvalidInput(where + " has no digest \"sha256:<64 hex digits>\"");
   }
-  return j;
+  layer.digest = digest->get<std::string>();
+  for (auto [key, field] : {std::pair{"mediaType", &layer.media_type}, std::pair{"name", &layer.name}}) {
+    const auto it = j.find(key);
+    if (it == j.end()) continue;
+    if (!it->is_string()) return Status::InvalidInput(fmt::format("{}: \"{}\" is not a string", where, key));
+    *field = it->get<std::string>();
+  }
+  if (const auto size = j.find("size"); size != j.end()) {
+    if (!size->is_number_unsigned()) return Status::InvalidInput(where + ": \"size\" is not a non-negative integer");
+    layer.size = size->get<uint64_t>();
+  }
+  return layer;
+}
+
+}  // namespace
+
+Result<OllamaManifest> ParseOllamaManifest(std::string_view text, const std::string& path) {
+  STQ_ASSIGN_OR_RETURN(nlohmann::json j, util::ParseJson(text, path, util::kJsonConfigLimit));
+  const std::string where = util::Quoted(path);
+  const auto layers = j.is_object() ? j.find("layers") : j.end();
+  if (!j.is_object() || layers == j.end() || !layers->is_array()) {
+    return Status::InvalidInput(where + ": not an ollama manifest (no \"layers\" array)");
+  }
+  OllamaManifest manifest;
+  if (const auto config = j.find("config"); config != j.end()) {
+    STQ_ASSIGN_OR_RETURN(manifest.config, ParseLayer(*config, where + ": \"config\""));
+  }
+  for (size_t i = 0; i < layers->size(); ++i) {
+    STQ_ASSIGN_OR_RETURN(OllamaLayer layer, ParseLayer((*layers)[i], fmt::format("{}: layer {}", where, i)));
+    manifest.layers.push_back(std::move(layer));
+  }
+  return manifest;
 }
 
 }  // namespace stquant::output

@@ -45,7 +45,8 @@ class OutputDir {
 
 // Writes `contents` to `path` through a temp file + fsync + rename.
 Status WriteFileAtomically(const std::string& path, const std::string& contents);
-// Copies a regular file (following symlinks) to `path`, atomically.
+// Copies a regular file (following symlinks; anything else is refused, see util::OpenRegularFile)
+// to `path`, atomically, in pieces of at most 8 MiB.
 Status CopyFileAtomically(const std::string& from, const std::string& path);
 
 }  // namespace stquant::output

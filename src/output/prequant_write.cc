@@ -594,7 +594,7 @@ Result<ConvertSummary> ConvertPrequantMlx(const ConvertOptions& options, const m
   STQ_RETURN_IF_ERROR(WriteFileAtomically(dir.PathOf("model.safetensors.index.json"), index.dump(4) + "\n"));
 
   // config.json: mlx-lm's normalization; the quantization block of the plan (or the requested type).
-  nlohmann::json config = MlxConfigBase(inv, plan.copied_files);
+  STQ_ASSIGN_OR_RETURN(nlohmann::json config, MlxConfigBase(inv, plan.copied_files));
   if (rewrite || !pq.keep_config) {
     for (nlohmann::json* root : {&config, config.contains("text_config") ? &config["text_config"] : nullptr}) {
       if (root == nullptr || !root->is_object()) continue;
