@@ -97,10 +97,14 @@ Status ForEachBlock(const RowSource& source, const RowBlock& max,
 // its input and output stay in that core's L2 cache from the read to the write, and reading,
 // computing and writing run on every core at once instead of one stage after the other.
 constexpr int64_t kTaskBytes = 256 << 10;
+// Tiles of a transposed source are larger: each of their rows is a write and each of their
+// columns a read of its own, whose counts fall with the tile's side.
+constexpr int64_t kTileTaskBytes = 1 << 20;
 
 std::vector<RowBlock> TaskBlocks(const RowSource& source, int64_t col_align) {
   std::vector<RowBlock> blocks;
-  (void)ForEachBlock(source, MaxBlock(source, kTaskBytes, col_align), [&](const RowBlock& block) {
+  const int64_t task_bytes = source.tile_cols > 0 ? kTileTaskBytes : kTaskBytes;
+  (void)ForEachBlock(source, MaxBlock(source, task_bytes, col_align), [&](const RowBlock& block) {
     blocks.push_back(block);
     return Status::Ok();
   });

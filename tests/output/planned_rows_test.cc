@@ -60,7 +60,7 @@ class PlannedRowsTest : public ::testing::Test {
  protected:
   void SetUp() override {
     std::mt19937 rng(11);
-    sources_ = {Random("w", DType::kBF16, {1100, 96}, rng),
+    sources_ = {Random("w", DType::kBF16, {2100, 96}, rng),
                 Random("e0", DType::kBF16, {40, 70}, rng),
                 Random("e1", DType::kBF16, {40, 70}, rng),
                 Random("f", DType::kF8E4M3, {384, 260}, rng),
@@ -163,9 +163,9 @@ class PlannedRowsTest : public ::testing::Test {
 };
 
 TEST_F(PlannedRowsTest, TransposedViewInTiles) {
-  // [1100, 96] transposed: 96 rows of 1100 columns, more than a tile wide.
-  const PlannedTensor t = Tensor({{"w", "", model::TransposeView(ContiguousView({1100, 96}), {1, 0})}}, {96, 1100}, DType::kBF16);
-  EXPECT_EQ(PlannedRows(*inventory_, t, QuantProfile::kMlxCpu).tile_cols, 512);
+  // [2100, 96] transposed: 96 rows of 2100 columns, more than a tile wide.
+  const PlannedTensor t = Tensor({{"w", "", model::TransposeView(ContiguousView({2100, 96}), {1, 0})}}, {96, 2100}, DType::kBF16);
+  EXPECT_EQ(PlannedRows(*inventory_, t, QuantProfile::kMlxCpu).tile_cols, 1024);
   const std::vector<float> want = Reference(t);
   EXPECT_EQ(Copied(t, 1), want);
   EXPECT_EQ(Copied(t, 3), want);
@@ -207,15 +207,15 @@ TEST_F(PlannedRowsTest, Fp8ThreeDimensionalExpertsTransposed) {
 // Quantizing tiles writes each row's words and scales at its place: the same bytes as quantizing
 // the reference matrix whole.
 TEST_F(PlannedRowsTest, QuantizedTilesEqualTheWholeMatrix) {
-  const PlannedTensor t = Tensor({{"w", "", model::TransposeView(ContiguousView({1100, 96}), {1, 0})}}, {96, 1024}, DType::kBF16);
+  const PlannedTensor t = Tensor({{"w", "", model::TransposeView(ContiguousView({2100, 96}), {1, 0})}}, {96, 2048}, DType::kBF16);
   PlannedTensor cut = t;
-  cut.sources[0].view = model::SliceView(t.sources[0].view, 1, 0, 1024);
+  cut.sources[0].view = model::SliceView(t.sources[0].view, 1, 0, 2048);
   for (const QuantSpec spec : {QuantSpec{QuantMode::kAffine, 4, 64, false, QuantProfile::kMlxCpu},
                                QuantSpec{QuantMode::kNvfp4, 4, 16, false, QuantProfile::kMlxCpu}}) {
     const std::vector<float> values = Reference(cut);
     std::vector<uint16_t> bf16;
     for (float v : values) bf16.push_back(numeric::BF16FromFloat(v));
-    const int64_t rows = 96, cols = 1024;
+    const int64_t rows = 96, cols = 2048;
     std::vector<uint32_t> want_packed(rows * PackedWordsPerRow(spec, cols));
     const int scale_bytes = spec.mode == QuantMode::kAffine ? 2 : 1;
     std::vector<uint8_t> want_scales(rows * GroupsPerRow(spec, cols) * scale_bytes), want_biases(want_scales.size());
