@@ -16,6 +16,11 @@ import pytest
 
 import zoo
 
+TABLE = [json.loads(p.read_text()) for p in sorted((zoo.REPO / "src" / "model" / "arch").glob("[a-z]*.json"))]
+# Every model_type a verified entry claims that has a zoo checkpoint (aliases included).
+VERIFIED_ZOO = sorted(t for e in TABLE if e["status"] == "verified" for t in [e["model_type"], *e.get("aliases", [])]
+                      if t in zoo.archs())
+
 
 def model_dir(root: Path, tensors: dict, config: dict) -> Path:
     """tensors: name -> (dtype, shape), zeros."""
@@ -160,3 +165,19 @@ def test_gpt2_conv1d_transposes_equal_mlx_lm(stquant, tmp_path, type_name):
     # 5's (transformer.h.0.attn.c_attn.weight).
     theirs = copy_with(zoo.materialize("gpt2", "v4"), tmp_path / "hub", {}, rename=lambda n: n.removeprefix("transformer."))
     compare_with_mlx_lm(stquant, zoo.materialize("gpt2", "v5"), theirs, tmp_path, type_name)
+
+
+@pytest.mark.parametrize("type_name", ["int4", "nvfp4"])
+@pytest.mark.parametrize("arch", VERIFIED_ZOO)
+def test_verified_entries_hold_on_the_zoo(stquant, arch, type_name):
+    """A verified entry converts its zoo checkpoint as mlx_lm.convert does (or, where mlx_lm.convert
+    cannot read the zoo's transformers-4 config, into a model mlx-lm loads and runs); every type and
+    the block-FP8 variants: scripts/zoo-check."""
+    r = zoo.check(arch, type_name)
+    assert r["stquant"] == "ok", zoo.describe(r)
+    assert zoo.acceptable(r), zoo.describe(r) + "".join(f"\n  {d['class']}: {d['detail']}: {d['names'][:4]}" for d in r["diffs"])
+
+
+def test_the_table_covers_the_issue_architectures():
+    assert {"llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "mixtral", "deepseek_v3", "gptj", "gpt2", "mamba",
+            "granitemoe", "qwen3_next"} <= set(VERIFIED_ZOO)
