@@ -170,8 +170,9 @@ Status Split(const RuleContext& ctx, const ArchArgs& args, RuleTensor t, std::ve
     sizes.push_back(*size);
   }
   int64_t total = 0;
-  for (int64_t s : sizes) total += s;
-  if (total != dim) {
+  bool overflow = false;
+  for (int64_t s : sizes) overflow |= __builtin_add_overflow(total, s, &total);
+  if (overflow || total != dim) {
     return ctx.Error(t.name, fmt::format("the parts ({}) do not add up to axis {} of shape [{}]", fmt::join(sizes, " + "),
                                          rule.axis, fmt::join(t.shape, ", ")));
   }
