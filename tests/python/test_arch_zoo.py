@@ -19,6 +19,7 @@ import os
 import pytest
 
 import zoo
+import zoo_check
 
 ARCHS = zoo.archs() if os.environ.get("STQUANT_ZOO") == "all" else zoo.DEFAULT_SUBSET
 KNOWN = json.loads((zoo.ZOO / "known_differences.json").read_text())
@@ -31,7 +32,7 @@ def expect_known(request, name: str, type_name: str):
 
 
 def explain(r) -> str:
-    return zoo.describe(r) + "".join(f"\n  {d['class']}: {d['detail']}: {'; '.join(d['names'][:6])}"
+    return zoo_check.describe(r) + "".join(f"\n  {d['class']}: {d['detail']}: {'; '.join(d['names'][:6])}"
                                      for d in r["diffs"])
 
 
@@ -39,24 +40,24 @@ def explain(r) -> str:
 @pytest.mark.parametrize("arch", ARCHS)
 def test_zoo_matches_mlx_lm(stquant, arch, type_name, request):
     expect_known(request, arch, type_name)
-    r = zoo.check(arch, type_name)
-    assert zoo.acceptable(r), explain(r)
+    r = zoo_check.check(arch, type_name)
+    assert zoo_check.acceptable(r), explain(r)
 
 
 @pytest.mark.parametrize("type_name", list(zoo.TYPES))
 @pytest.mark.parametrize("arch", [a for a in sorted(zoo.FP8_VARIANTS) if a in ARCHS])
 def test_zoo_block_fp8_matches_mlx_lm(stquant, arch, type_name, request):
     expect_known(request, arch + "-fp8", type_name)
-    r = zoo.check(arch, type_name, variant="fp8")
+    r = zoo_check.check(arch, type_name, variant="fp8")
     assert r["reference"]["ok"], r["reference"]["error"]
-    assert zoo.acceptable(r), explain(r)
+    assert zoo_check.acceptable(r), explain(r)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_zoo_ollama_store_matches_mx_quantize(stquant, arch, request):
     expect_known(request, arch, "ollama-int4")
-    r = zoo.check_ollama(arch)
-    assert zoo.acceptable(r), explain(r)
+    r = zoo_check.check_ollama(arch)
+    assert zoo_check.acceptable(r), explain(r)
 
 
 def test_fixture_materializes_the_committed_header(tmp_path):
@@ -72,6 +73,15 @@ def test_fixture_materializes_the_committed_header(tmp_path):
     big = [n for n in tensors if n not in small]
     assert big and all(tensors[n].tobytes() == zoo.fill(n, header[n]["shape"], header[n]["dtype"]).tobytes()
                        for n in big)
+
+
+def test_every_arch_fits_the_zoo_tokenizer():
+    tokenizer = json.loads((zoo.TOKENIZER / "tokenizer.json").read_text())
+    size = len(tokenizer["model"]["vocab"])
+    assert size == 320
+    for arch in zoo.archs():
+        config = json.loads((zoo.ZOO / arch / "config.json").read_text())
+        assert config.get("vocab_size", config.get("text_config", {}).get("vocab_size")) == size, arch
 
 
 def test_v4_config_rules():
