@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import zoo
+import zoo_check
 
 TABLE = [json.loads(p.read_text()) for p in sorted((zoo.REPO / "src" / "model" / "arch").glob("[a-z]*.json"))]
 # Every model_type a verified entry claims that has a zoo checkpoint (aliases included).
@@ -128,11 +129,11 @@ def test_a_checkpoint_that_does_not_fit_its_entry_is_refused(stquant, tmp_path):
 
 def compare_with_mlx_lm(stquant, src_ours: Path, src_theirs: Path, tmp_path: Path, type_name: str):
     ours, theirs = tmp_path / f"ours-{type_name}", tmp_path / f"theirs-{type_name}"
-    proc = zoo.run_stquant(src_ours, ours, type_name)
+    proc = zoo_check.run_stquant(src_ours, ours, type_name)
     assert proc.returncode == 0, proc.stderr
-    zoo.run_mlx_lm_convert(src_theirs, theirs, type_name)
-    assert zoo.compare_dirs(ours, theirs) == []
-    assert zoo.greedy_tokens(ours) == zoo.greedy_tokens(theirs)
+    zoo_check.run_mlx_lm_convert(src_theirs, theirs, type_name)
+    assert zoo_check.compare_dirs(ours, theirs) == []
+    assert zoo_check.greedy_tokens(ours) == zoo_check.greedy_tokens(theirs)
 
 
 def copy_with(src: Path, dst: Path, config_update: dict, rename=lambda n: n, retype=lambda n, a: a) -> Path:
@@ -154,7 +155,7 @@ def test_cast_predicate_keeps_e_score_correction_bias(stquant, tmp_path, type_na
     ours = copy_with(zoo.materialize("deepseek_v3", "v5"), tmp_path / "v5", {"dtype": "float16"}, retype=f32)
     theirs = copy_with(zoo.materialize("deepseek_v3", "v4"), tmp_path / "v4", {"torch_dtype": "float16"}, retype=f32)
     compare_with_mlx_lm(stquant, ours, theirs, tmp_path, type_name)
-    header = zoo.load_outputs(tmp_path / f"ours-{type_name}")[0]
+    header = zoo_check.load_outputs(tmp_path / f"ours-{type_name}")[0]
     assert header["model.layers.1.mlp.gate.e_score_correction_bias"][0] == "F32"
     assert header["model.norm.weight"][0] == "F16"
 
@@ -173,9 +174,9 @@ def test_verified_entries_hold_on_the_zoo(stquant, arch, type_name):
     """A verified entry converts its zoo checkpoint as mlx_lm.convert does (or, where mlx_lm.convert
     cannot read the zoo's transformers-4 config, into a model mlx-lm loads and runs); every type and
     the block-FP8 variants: scripts/zoo-check."""
-    r = zoo.check(arch, type_name)
-    assert r["stquant"] == "ok", zoo.describe(r)
-    assert zoo.acceptable(r), zoo.describe(r) + "".join(f"\n  {d['class']}: {d['detail']}: {d['names'][:4]}" for d in r["diffs"])
+    r = zoo_check.check(arch, type_name)
+    assert r["stquant"] == "ok", zoo_check.describe(r)
+    assert zoo_check.acceptable(r), zoo_check.describe(r) + "".join(f"\n  {d['class']}: {d['detail']}: {d['names'][:4]}" for d in r["diffs"])
 
 
 def test_the_table_covers_the_issue_architectures():
