@@ -15,7 +15,9 @@ enum class Kind { kLiteral, kPath, kShape, kNdim, kGroup, kNeg, kNot, kAnd, kOr,
 
 }  // namespace
 
-struct Expr::Node {
+// clang-tidy's exception-escape flags the implicit special members (a json literal's destructor
+// may allocate); nodes are built once, when the embedded table is parsed.
+struct Expr::Node {  // NOLINT(bugprone-exception-escape)
   Kind kind = Kind::kLiteral;
   nlohmann::json literal;         // kLiteral
   std::string name;               // kPath: the path; kBinary: the operator

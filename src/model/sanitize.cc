@@ -92,7 +92,7 @@ Status Stack(const RuleContext& ctx, const ArchArgs& args, TensorMap& tensors) {
     STQ_ASSIGN_OR_RETURN(bool applies, Applies(ctx, args, t, g));
     if (!applies) continue;
     int64_t index = -1;
-    const std::string& text = g.size() > 1 ? g[1] : std::string();
+    const std::string text = g.size() > 1 ? g[1] : std::string();
     auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), index);
     if (text.empty() || ec != std::errc() || end != text.data() + text.size() || index < 0 || text.size() > 9) {
       return ctx.Error(name, fmt::format("group 1 '{}' is not an expert index", P(text)));
