@@ -172,8 +172,8 @@ Result<ArchRule> ParseRule(const json& j, int index, const std::string& file) {
       break;
     }
     case ArchRule::Op::kReshape: {
-      if (!j.contains("shape") || !j["shape"].is_array() || j["shape"].empty()) {
-        return where.Error("reshape needs a non-empty list 'shape' of expressions");
+      if (!j.contains("shape") || !j["shape"].is_array()) {
+        return where.Error("reshape needs a list 'shape' of expressions ([] for a scalar)");
       }
       for (const json& d : j["shape"]) {
         STQ_ASSIGN_OR_RETURN(Expr e, ExprOf(d, where));

@@ -108,6 +108,16 @@ TEST(SanitizeTest, SplitReshapeTransposeComposeIntoViews) {
               StatusIs(StatusCode::kInvalidInput, HasSubstr("cannot be reshaped to [2, 7, -1]")));
 }
 
+TEST(SanitizeTest, ReshapeToAScalar) {
+  // apertus: alpha_p.squeeze() of a [1] tensor.
+  const ArchEntry e = Entry(R"([{"reshape": "alpha_p$", "shape": []}])");
+  auto out = ApplySanitize(e, {}, {{"m.alpha_p", DType::kBF16, {1}}});
+  ASSERT_THAT(out, IsOk());
+  EXPECT_TRUE(out->front().shape.empty());
+  EXPECT_THAT(ApplySanitize(e, {}, {{"m.alpha_p", DType::kBF16, {2}}}),
+              StatusIs(StatusCode::kInvalidInput, HasSubstr("[2] cannot be reshaped to []")));
+}
+
 TEST(SanitizeTest, ShapeConditionsAndValueOps) {
   const ArchEntry e = Entry(R"([
     {"transpose": "conv1d\\.weight", "if": "shape[-1] != 1", "axes": [0, 2, 1]},
