@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "stquant/dtype.h"
+#include "stquant/fp8_block.h"
 #include "stquant/quant_spec.h"
 #include "stquant/status.h"
 
@@ -77,7 +78,12 @@ enum class TensorTransform { kCopy, kCast, kDecodeFp8 };
 
 struct PlannedSource {
   std::string tensor;     // source tensor name
-  std::string fp8_scale;  // block-FP8 companion ("<tensor>_scale_inv" or "_scale"), else empty
+  std::string fp8_scale;  // FP8 scale companion ("<tensor>_scale_inv" or "_scale"), else empty
+  Fp8Block fp8_block;     // what one of its scales covers (128x128 block FP8; per channel, ...)
+  // The float dtype the E4M3 x scale products are rounded to (then cast to the tensor's dtype):
+  // BF16 for block FP8 (as mlx-lm's and ollama's decode), the model's dtype for
+  // compressed-tensors float-quantized.
+  DType fp8_dtype = DType::kBF16;
 };
 
 // One tensor of the output model before quantization (a quantized one becomes "<name>" U32,

@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "model/arch.h"
+#include "model/fp8_source.h"
 #include "model/inventory.h"
 #include "model/json_util.h"
 #include "model/ollama_policy.h"
@@ -179,8 +180,11 @@ Result<PlanContext> BuildPlan(const ConvertOptions& options, bool draft) {
   ConversionPlan& plan = context.plan;
 
   const Classification kind = Classify(inv);
-  const bool prequant = kind.kind != SourceKind::kFloat && kind.kind != SourceKind::kBlockFp8;
+  // Decoded FP8 sources (E4M3 x scale) are planned as float ones.
+  const bool decoded_fp8 = kind.kind == SourceKind::kBlockFp8 || kind.kind == SourceKind::kCompressedTensorsFp8;
+  const bool prequant = kind.kind != SourceKind::kFloat && !decoded_fp8;
   if (!prequant) STQ_RETURN_IF_ERROR(CheckNoUnknownQuantization(inv));
+  if (kind.kind == SourceKind::kCompressedTensorsFp8) STQ_RETURN_IF_ERROR(CheckFloatQuantizedConfig(inv));
   plan.source_kind = std::string(SourceKindName(kind.kind));
   const bool ollama_layout = options.layout == OutputLayout::kOllama;
   const bool ollama_policy = options.policy == QuantPolicy::kOllama;
@@ -279,6 +283,8 @@ Result<PlanContext> BuildPlan(const ConvertOptions& options, bool draft) {
       if (model::DroppedBySanitize(rules, name)) continue;
       if (EndsWith(name, ".input_scale")) continue;  // FP8 activation scales: static-activation only
     }
+    // Not a format ollama imports: its calibration scales go in both layouts.
+    if (kind.kind == SourceKind::kCompressedTensorsFp8 && IsCalibrationScale(name)) continue;
     if (ollama_layout) {
       // ollama-create-spec §6.2: "<prefix>.<index>.<proj>.weight" -> "<prefix>.<proj>.weight".
       const std::string prefix = OllamaExpertGroupPrefix(name);
@@ -308,7 +314,10 @@ Result<PlanContext> BuildPlan(const ConvertOptions& options, bool draft) {
     }
   }
 
-  // 2. Each output tensor: sources, transform, dtype, shape.
+  // 2. Each output tensor: sources, transform, dtype, shape. FP8 weights are decoded to BF16 (block
+  // FP8, as mlx-lm and ollama do) or to the model's dtype (compressed-tensors float-quantized).
+  const DType fp8_dtype =
+      kind.kind == SourceKind::kCompressedTensorsFp8 ? DequantizedDType(inv.config()) : DType::kBF16;
   for (auto& [name, pending] : outputs) {
     if (!pending.single.empty() && !pending.experts.empty()) {
       return Status::InvalidInput(fmt::format("{}: tensor '{}' exists both stacked and as per-expert tensors",
@@ -339,7 +348,11 @@ Result<PlanContext> BuildPlan(const ConvertOptions& options, bool draft) {
             fmt::join(info->shape, "x")));
       }
       PlannedSource source{s, ""};
-      if (info->dtype == DType::kF8E4M3) source.fp8_scale = Fp8ScaleName(inv, s);
+      if (info->dtype == DType::kF8E4M3) {
+        source.fp8_scale = Fp8ScaleName(inv, s);
+        STQ_ASSIGN_OR_RETURN(source.fp8_block, Fp8ScaleBlock(inv, kind.kind, *info, *inv.FindInfo(source.fp8_scale)));
+        source.fp8_dtype = fp8_dtype;
+      }
       t.sources.push_back(source);
       plan.input_bytes += info->nbytes();
       if (!source.fp8_scale.empty()) plan.input_bytes += inv.FindInfo(source.fp8_scale)->nbytes();
@@ -355,25 +368,10 @@ Result<PlanContext> BuildPlan(const ConvertOptions& options, bool draft) {
           options.source_dir, P(first->name), fmt::join(t.shape, ", ")));
     }
     if (t.source_dtype == DType::kF8E4M3) {
-      // 2-D weights, or 3-D pre-stacked experts with one [E, sr, sc] scale (ollama-create-spec §6.6).
-      if (first->shape.size() != 2 && first->shape.size() != 3) {
-        return Status::Unsupported(fmt::format("{}: F8_E4M3 tensor '{}' has rank {}; block-FP8 weights must be 2-D or 3-D",
-                                               options.source_dir, P(first->name), first->shape.size()));
-      }
-      for (const PlannedSource& s : t.sources) {
-        const TensorInfo* sc = inv.FindInfo(s.fp8_scale);
-        std::vector<int64_t> want(first->shape.begin(), first->shape.end() - 2);
-        want.push_back((first->shape[first->shape.size() - 2] + kFp8BlockSize - 1) / kFp8BlockSize);
-        want.push_back((first->shape.back() + kFp8BlockSize - 1) / kFp8BlockSize);
-        if (sc->shape != want || (sc->dtype != DType::kF32 && sc->dtype != DType::kBF16)) {
-          return Status::InvalidInput(fmt::format(
-              "{}: tensor '{}': unexpected fp8 scale '{}' {} [{}] for weight shape [{}]; want F32 or BF16 [{}]",
-              options.source_dir, P(s.tensor), P(sc->name), DTypeName(sc->dtype), fmt::join(sc->shape, ", "),
-              fmt::join(first->shape, ", "), fmt::join(want, ", ")));
-        }
-      }
+      // 2-D weights, or 3-D pre-stacked experts with their own scales (ollama-create-spec §6.6);
+      // shapes and scales were checked with the sources (Fp8ScaleBlock).
       t.transform = TensorTransform::kDecodeFp8;
-      t.dtype = DType::kBF16;
+      t.dtype = fp8_dtype;
     } else {
       t.dtype = t.source_dtype;
     }
@@ -416,7 +414,7 @@ Result<PlanContext> BuildPlan(const ConvertOptions& options, bool draft) {
     }
   }
   // The requested type; ollama converts block-FP8 sources to mxfp8 by default.
-  const bool fp8_default = ollama_policy && !options.quant && kind.kind == SourceKind::kBlockFp8;
+  const bool fp8_default = ollama_policy && !options.quant && decoded_fp8;
   std::optional<QuantSpec> requested = options.quant;
   if (fp8_default) {
     requested = *OllamaTypeSpec("mxfp8");

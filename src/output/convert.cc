@@ -98,8 +98,12 @@ nlohmann::json QuantParams(const QuantSpec& spec, bool with_mode) {
 
 Result<std::string> OutputConfig(const Inventory& inv, const ConversionPlan& plan) {
   nlohmann::json config = output::MlxConfigBase(inv, plan.copied_files);
-  // The source's FP8 block quantization is decoded away.
-  if (plan.source_kind == "block-fp8") config.erase("quantization_config");
+  // The source's FP8 quantization is decoded away (mlx-lm refuses compressed-tensors
+  // float-quantized configs).
+  if (plan.source_kind == "block-fp8" || plan.source_kind == "compressed-tensors-fp8") {
+    config.erase("quantization_config");
+    config.erase("compression_config");
+  }
   if (plan.default_quant) {
     nlohmann::json quantization = QuantParams(*plan.default_quant, true);
     for (const PlannedTensor& t : plan.tensors) {

@@ -47,33 +47,36 @@ RowSource PlannedRows(const Inventory& inv, const PlannedTensor& t, QuantProfile
       const safetensors::Reader& scale_reader = *inv.shards()[scale_ref->shard].reader;
       // The scales covering the block, row by row of the scale matrix of the expert (3-D) or of the
       // whole weight (2-D).
+      const Fp8Block fp8_block = piece.fp8_block;
       const int64_t expert = local / rows_per_piece;
       const int64_t first_row = local % rows_per_piece;
-      const int64_t scale_cols = (cols + kFp8BlockSize - 1) / kFp8BlockSize;
-      const int64_t scale_rows = (rows_per_piece + kFp8BlockSize - 1) / kFp8BlockSize;
+      const int64_t scale_cols = (cols + fp8_block.cols - 1) / fp8_block.cols;
+      const int64_t scale_rows = (rows_per_piece + fp8_block.rows - 1) / fp8_block.rows;
       const int scale_bytes = DTypeBits(scale_info.dtype) / 8;
-      const Fp8ScaleWindow window = ScaleWindow(first_row, block.count, block.col, block.cols);
+      const Fp8ScaleWindow window = ScaleWindow(fp8_block, first_row, block.count, block.col, block.cols);
       std::vector<uint8_t> scales(window.rows * window.cols * scale_bytes);
       for (int64_t r = 0; r < window.rows; ++r) {
         const int64_t at = (expert * scale_rows + window.first_row + r) * scale_cols + window.first_col;
         STQ_RETURN_IF_ERROR(scale_reader.Read(
             scale_info, at * scale_bytes, {scales.data() + r * window.cols * scale_bytes, static_cast<size_t>(window.cols * scale_bytes)}));
       }
-      decoded.resize(elements * 2);
-      const int64_t nan_code = DecodeBlockFp8Rows(profile, raw.data(), first_row, block.count, block.col, block.cols,
-                                                  scales.data(), scale_info.dtype, reinterpret_cast<uint16_t*>(decoded.data()));
+      values_dtype = piece.fp8_dtype;
+      // Straight into the output when it has the decode dtype.
+      uint8_t* decoded_out = out;
+      if (t.dtype != values_dtype) {
+        decoded.resize(BytesOf(elements, values_dtype));
+        decoded_out = decoded.data();
+      }
+      const int64_t nan_code = DecodeBlockFp8Rows(profile, fp8_block, raw.data(), first_row, block.count, block.col,
+                                                  block.cols, scales.data(), scale_info.dtype, values_dtype, decoded_out);
       if (nan_code >= 0) {
         return Status::InvalidInput(fmt::format(
             "{}: tensor '{}': element {} is the E4M3 NaN code 0x{:02X} (use --profile mlx-cpu-0.32.2 to read it as "
             "+-480 as MLX 0.32.2 did)",
             reader.path(), info.name, local * cols + block.col + nan_code, raw[nan_code]));
       }
+      if (t.dtype == values_dtype) return Status::Ok();
       values = decoded.data();
-      values_dtype = DType::kBF16;
-      if (t.dtype == DType::kBF16) {
-        std::memcpy(out, decoded.data(), decoded.size());
-        return Status::Ok();
-      }
     }
     // MLX astype between float dtypes: through float32, rounding to nearest even.
     for (int64_t i = 0; i < elements; ++i) {
