@@ -56,6 +56,10 @@ struct ConvertOptions {
   QuantProfile profile = QuantProfile::kMlxCpu;
   int threads = 0;                    // 0: all cores
   bool force = false;                 // replace an existing output directory
+  // The preflight (output/preflight.h) compares the projected output size with the target file
+  // system's free space; false (--no-preflight) skips that check alone, for file systems that
+  // misreport their free space.
+  bool check_free_space = true;
   // An already-quantized source (MLX, ModelOpt NVFP4, compressed-tensors, gpt-oss MXFP4) is
   // imported without touching a code; with `quant` set it is an error unless `requantize`, which
   // dequantizes it with the source format's arithmetic and quantizes again (loses accuracy).

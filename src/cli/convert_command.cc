@@ -27,6 +27,7 @@ struct ConvertCommandOptions {
   std::string shard_size = "5GiB";
   int threads = 0;
   bool force = false, dry_run = false, json = false, quiet = false;
+  bool no_preflight = false;  // skip the free-space check of the preflight
   bool requantize = false;  // an already-quantized source: dequantize and quantize to -q
 };
 
@@ -102,6 +103,7 @@ Result<ConvertOptions> BuildOptions(const ConvertCommandOptions& o) {
   STQ_ASSIGN_OR_RETURN(options.shard_bytes, ParseSize(o.shard_size));
   options.threads = o.threads;
   options.force = o.force;
+  options.check_free_space = !o.no_preflight;
   options.requantize = o.requantize;
   return options;
 }
@@ -220,6 +222,9 @@ void RegisterConvertCommand(CLI::App& app, Status* status) {
   cmd->add_option("--shard-size", o->shard_size, "largest output shard (binary units; default 5GiB, as mlx-lm)");
   cmd->add_option("-j,--jobs", o->threads, "worker threads (0: all cores)");
   cmd->add_flag("--force", o->force, "replace an existing output directory");
+  cmd->add_flag("--no-preflight", o->no_preflight,
+                "skip the preflight's free-space check (the projected output size against the target file "
+                "system's free space), for file systems that misreport it; the other checks still run");
   cmd->add_flag("--requantize", o->requantize,
                 "an already-quantized source (MLX, ModelOpt NVFP4, compressed-tensors, gpt-oss MXFP4) is imported "
                 "losslessly without -q; with -q TYPE --requantize it is dequantized and quantized again (loses "

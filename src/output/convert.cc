@@ -15,6 +15,7 @@
 #include "output/mlx_files.h"
 #include "output/output_dir.h"
 #include "output/planned_rows.h"
+#include "output/preflight.h"
 #include "output/prequant_write.h"
 #include "output/read_ahead.h"
 #include "output/tensor_stream.h"
@@ -132,6 +133,7 @@ Result<ConvertSummary> Convert(const ConvertOptions& options,
   if (options.layout == OutputLayout::kOllama) return output::ConvertToOllamaStore(options, progress);
   const auto start = std::chrono::steady_clock::now();
   STQ_ASSIGN_OR_RETURN(model::PlanContext context, model::BuildPlan(options));
+  STQ_RETURN_IF_ERROR(output::Preflight(options, context, output::ProjectMlxOutput(options, context)));
   if (context.prequant) return output::ConvertPrequantMlx(options, context, progress);  // already quantized
   const Inventory& inv = *context.inventory;
   const ConversionPlan& plan = context.plan;

@@ -20,6 +20,7 @@
 #include "model/prequant.h"
 #include "output/ollama_store.h"
 #include "output/planned_rows.h"
+#include "output/preflight.h"
 #include "output/prequant_write.h"
 #include "output/tensor_stream.h"
 
@@ -352,6 +353,11 @@ Result<ConvertSummary> ConvertToOllamaStore(const ConvertOptions& given,
     draft_info["config"] = "draft/config.json";
     draft = std::move(d);
   }
+  const uint64_t modelfile_bytes = modelfile.template_text.size() + modelfile.system.size() +
+                                   modelfile.license.size() + modelfile.parameters.dump().size();
+  STQ_RETURN_IF_ERROR(Preflight(options, context,
+                                ProjectOllamaOutput(options, root, context, draft ? &*draft : nullptr, modelfile_bytes),
+                                {root + "/blobs", root + "/manifests"}));
   STQ_ASSIGN_OR_RETURN(OllamaStore store, OllamaStore::Open(root));
 
   ConvertSummary summary;
