@@ -21,5 +21,7 @@ void RegisterQuantizeCommand(CLI::App& app, Status* status);
 void RegisterConvertCommand(CLI::App& app, Status* status);
 // stquant dequantize IN -o OUT [--dtype bf16|f16|f32]
 void RegisterDequantizeCommand(CLI::App& app, Status* status);
+// stquant ollama gc [--dry-run] | list [PREFIX] | rm NAME... [--models-dir DIR]
+void RegisterOllamaCommand(CLI::App& app, Status* status);
 
 }  // namespace stquant::cli

@@ -27,6 +27,7 @@ int Run(int argc, char** argv) {
   stquant::cli::RegisterConvertCommand(app, &status);
   stquant::cli::RegisterQuantizeCommand(app, &status);
   stquant::cli::RegisterDequantizeCommand(app, &status);
+  stquant::cli::RegisterOllamaCommand(app, &status);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
