@@ -442,7 +442,7 @@ Status PlanCompressedTensors(Builder& b) {
     return Status::InvalidInput(fmt::format(
         "{}: compressed-tensors tensors (*.weight_packed) without a config.json quantization_config", b.where));
   }
-  std::string format = JsonString(*block, "format");
+  const std::string format = JsonString(*block, "format");
   // Per-group weight arguments (num_bits, symmetric, strategy, group_size) and format.
   struct Args {
     std::string format;
@@ -460,9 +460,10 @@ Status PlanCompressedTensors(Builder& b) {
       if (auto w = g.find("weights"); w != g.end() && w->is_object()) {
         a.bits = JsonInt(*w, "num_bits", 0);
         a.symmetric = JsonBool(*w, "symmetric", true);
-        a.strategy = (*w)["strategy"].is_string() ? (*w)["strategy"].get<std::string>() : "";
-        a.type = (*w)["type"].is_string() ? (*w)["type"].get<std::string>() : "";
-        a.group_size = (*w)["group_size"].is_number_integer() ? (*w)["group_size"].get<int>() : 0;
+        // JsonString / JsonInt: a const json's operator[] must not meet a missing key.
+        a.strategy = JsonString(*w, "strategy");
+        a.type = JsonString(*w, "type");
+        a.group_size = static_cast<int>(JsonInt(*w, "group_size", 0));
         if (w->value("actorder", json()).is_string()) {
           return Status::Unsupported(fmt::format("{}: compressed-tensors group '{}' uses activation ordering (actorder); "
                                                  "MLX groups are contiguous, so it cannot be imported",
@@ -472,25 +473,26 @@ Status PlanCompressedTensors(Builder& b) {
       groups.push_back(a);
     }
   }
-  if (format.empty() && !groups.empty()) format = groups.front().format;
-  for (const Args& a : groups) {
-    if (a.format != format) {
-      return Status::Unsupported(fmt::format("{}: compressed-tensors config mixes formats '{}' and '{}'", b.where,
-                                             P(format), P(a.format)));
-    }
-  }
+  // The formats of the groups: one, or several in a "mixed-precision" container, each layer
+  // reading as the group its tensors fit.
+  std::set<std::string> formats;
+  for (const Args& a : groups) formats.insert(a.format);
+  if (formats.empty()) formats.insert(format);
   const std::string first_packed = [&] {
     for (const std::string& n : inv.names()) {
       if (EndsWith(n, ".weight_packed")) return n;
     }
     return std::string();
   }();
-  if (format != "nvfp4-pack-quantized" && format != "pack-quantized") {
+  for (const std::string& f : formats) {
+    if (f == "nvfp4-pack-quantized" || f == "pack-quantized") continue;
     return Status::Unsupported(fmt::format(
-        "{}: compressed-tensors format '{}' (tensor '{}') is not supported: stquant imports nvfp4-pack-quantized and "
-        "pack-quantized (int2/4/8); dequantize to bf16 first",
-        b.where, P(format.empty() ? "(none)" : format), P(first_packed)));
+        "{}: compressed-tensors format '{}' (tensor '{}') is not supported: stquant imports nvfp4-pack-quantized, "
+        "pack-quantized (int2/4/8) and float-quantized (FP8: without packed layers), also as the groups of a "
+        "mixed-precision container; dequantize to bf16 first",
+        b.where, P(f.empty() ? "(none)" : f), P(first_packed)));
   }
+  const bool has_nvfp4 = formats.count("nvfp4-pack-quantized") > 0, has_int = formats.count("pack-quantized") > 0;
   std::set<std::string> consumed;
   std::vector<SourceLayer> layers;
   for (const std::string& name : inv.names()) {
@@ -501,7 +503,8 @@ Status PlanCompressedTensors(Builder& b) {
                                              "ordering); MLX groups are contiguous, so it cannot be imported",
                                              b.where, P(base), P(base)));
     }
-    if (format == "nvfp4-pack-quantized") {
+    // NVFP4 layers carry a global scale; pack-quantized ones do not.
+    if (has_nvfp4 && (!has_int || inv.FindInfo(base + ".weight_global_scale") != nullptr)) {
       STQ_ASSIGN_OR_RETURN(SourceLayer l, Nvfp4Layer(inv, b.where, base, name, base + ".weight_scale",
                                                      base + ".weight_global_scale", true,
                                                      "compressed-tensors nvfp4-pack-quantized"));
@@ -524,7 +527,7 @@ Status PlanCompressedTensors(Builder& b) {
     }
     std::optional<Args> chosen;
     for (const Args& a : groups) {
-      if (a.bits != 2 && a.bits != 4 && a.bits != 8) continue;
+      if (a.format != "pack-quantized" || (a.bits != 2 && a.bits != 4 && a.bits != 8)) continue;
       const int64_t in = w->shape[1] * 32 / a.bits;
       const int64_t gs = a.strategy == "channel" ? in : a.group_size;
       if (gs > 0 && in % gs == 0 && in / gs == s->shape[1]) {
@@ -577,13 +580,17 @@ Status PlanCompressedTensors(Builder& b) {
     layers.push_back(std::move(l));
   }
   if (layers.empty()) return Status::InvalidInput(fmt::format("{}: compressed-tensors checkpoint without *.weight_packed", b.where));
-  if (format == "nvfp4-pack-quantized") {
-    b.plan.format = "compressed-tensors nvfp4-pack-quantized";
-  } else {
-    b.plan.format = fmt::format("compressed-tensors pack-quantized int{} (group {}, {})", layers.front().spec.bits,
-                                layers.front().spec.group_size,
-                                layers.front().zero_point.empty() ? "symmetric" : "asymmetric");
+  // "compressed-tensors pack-quantized int4 (group 64, symmetric)"; a mixed-precision container
+  // lists what its layers are.
+  std::set<std::string> kinds;
+  for (const SourceLayer& l : layers) {
+    kinds.insert(l.spec.mode == QuantMode::kNvfp4
+                     ? std::string("nvfp4-pack-quantized")
+                     : fmt::format("pack-quantized int{} (group {}, {})", l.spec.bits, l.spec.group_size,
+                                   l.zero_point.empty() ? "symmetric" : "asymmetric"));
   }
+  b.plan.format = kinds.size() == 1 ? "compressed-tensors " + *kinds.begin()
+                                    : fmt::format("compressed-tensors mixed-precision ({})", fmt::join(kinds, ", "));
   std::vector<std::string> rest;
   for (const std::string& name : inv.names()) {
     if (consumed.count(name) || IsActivationScale(name)) continue;

@@ -191,3 +191,19 @@ def test_refusals_name_the_group_or_tensor(stquant, shared_dir, tmp_path):
     run(stquant, "convert", tmp_path / "s3", "--layout", "ollama", "--models-dir", store, "--name", "y", "-q", "int4",
         "--quiet")
     assert manifest_path(store, "y").is_file()
+
+
+def test_fp8_groups_beside_packed_groups_are_refused(stquant, shared_dir, tmp_path):
+    """A mixed-precision container whose FP8 layers sit beside packed int layers: not imported (the
+    packed layers would be copied, the FP8 ones decoded); refused naming both formats."""
+    build_fp8(shared_dir, tmp_path / "src", select=lambda n: is_linear(n) and "mlp" in n)
+    raw = read_raw(tmp_path / "src/model.safetensors")
+    base = "model.layers.0.self_attn.q_proj"
+    del raw[base + ".weight"]
+    raw[base + ".weight_packed"] = st_entry("I32", np.zeros((256, 32), np.int32))
+    raw[base + ".weight_scale"] = st_entry("BF16", np.ones((256, 4), ml_dtypes.bfloat16))
+    write_st(tmp_path / "src/model.safetensors", raw)
+    r = run(stquant, "convert", tmp_path / "src", "-o", tmp_path / "out", ok=False)
+    assert r.returncode == 2 and "mixes quantization formats" in r.stderr
+    assert "block-fp8" in r.stderr and "compressed-tensors" in r.stderr and base + ".weight_packed" in r.stderr
+    assert not (tmp_path / "out").exists()
