@@ -188,7 +188,8 @@ Status RunConvert(const ConvertCommandOptions& o) {
 void RegisterConvertCommand(CLI::App& app, Status* status) {
   auto o = std::make_shared<ConvertCommandOptions>();
   CLI::App* cmd = app.add_subcommand(
-      "convert", "Convert a Hugging Face checkpoint (bf16/f16/f32 or block-FP8) into an MLX (mlx-lm) model directory");
+      "convert", "Convert a Hugging Face checkpoint (bf16/f16/f32, block-FP8, compressed-tensors FP8 or already "
+                 "quantized) into an MLX (mlx-lm) model directory or an ollama store");
   cmd->add_option("source", o->source,
                   "Hugging Face model directory (config.json + *.safetensors); with --layout ollama it may come from "
                   "the Modelfile's FROM instead");
