@@ -11,6 +11,7 @@
 #include <fmt/format.h>
 
 #include "model/arch.h"
+#include "util/human_bytes.h"
 
 namespace stquant::output {
 
@@ -42,17 +43,6 @@ uint64_t HeaderBytes(const std::vector<PlannedTensor>& tensors, size_t prefix) {
   uint64_t bytes = 0;
   for (const PlannedTensor& t : tensors) bytes += OutputTensorCount(t) * (t.name.size() + prefix + 16 + kEntryBytes);
   return bytes;
-}
-
-std::string Bytes(uint64_t n) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  double value = static_cast<double>(n);
-  int unit = 0;
-  while (value >= 1024 && unit < 4) {
-    value /= 1024;
-    ++unit;
-  }
-  return unit == 0 ? fmt::format("{} B", n) : fmt::format("{:.1f} {}", value, units[unit]);
 }
 
 // The directory itself, or the nearest of its ancestors that exists.
@@ -104,7 +94,7 @@ OutputProjection ProjectMlxOutput(const ConvertOptions& options, const model::Pl
   for (const std::string& file : plan.copied_files) p.data_bytes += FileBytes(context.inventory->path() + "/" + file);
   p.files = shards + 2 + plan.copied_files.size() + 1;  // + the lock file
   p.contents = fmt::format("{} of tensors in {} shard{}, the index, config.json and {} copied file{}",
-                           Bytes(plan.output_bytes), shards - 1, shards == 2 ? "" : "s", plan.copied_files.size(),
+                           util::HumanBytes(plan.output_bytes), shards - 1, shards == 2 ? "" : "s", plan.copied_files.size(),
                            plan.copied_files.size() == 1 ? "" : "s");
   return p;
 }
@@ -135,7 +125,7 @@ OutputProjection ProjectOllamaOutput(const ConvertOptions& options, const std::s
   // Text layers, the config blob, the manifest (one entry per layer).
   p.data_bytes += modelfile_bytes + 2 * kHeaderBytes + (blobs + json_files + 4) * (kEntryBytes + 64);
   p.files = blobs + json_files + 3 + 2 + 1;
-  p.contents = fmt::format("{} of tensors in {} blob{} and {} JSON file{}", Bytes(tensor_bytes), blobs,
+  p.contents = fmt::format("{} of tensors in {} blob{} and {} JSON file{}", util::HumanBytes(tensor_bytes), blobs,
                            blobs == 1 ? "" : "s", json_files, json_files == 1 ? "" : "s");
   return p;
 }
@@ -172,7 +162,7 @@ Status Preflight(const ConvertOptions& options, const model::PlanContext& contex
         "preflight: not enough free space: {} would take {} ({} bytes: {}), but the file system of '{}' has {} ({} "
         "bytes) available; nothing was written (free some space or write elsewhere; --no-preflight skips this check "
         "where a file system misreports its free space)",
-        projection.target, Bytes(needed), needed, projection.contents, dir.string(), Bytes(available), available));
+        projection.target, util::HumanBytes(needed), needed, projection.contents, dir.string(), util::HumanBytes(available), available));
   }
   return Status::Ok();
 }

@@ -111,7 +111,7 @@ def test_target_without_room(stquant, shared_dir, mount, layout):
     p, elapsed = run_timed(stquant, "convert", src, *target)
     what = f"'{disk / 'out'}'" if layout == "mlx" else f"model 'm' in the ollama model store '{disk / 'store'}'"
     assert_fails_fast(p, elapsed, 3, "preflight: not enough free space", what, "would take 2.",
-                      f"the file system of '{disk}' has 1.0 MiB (1048576 bytes) available", "nothing was written",
+                      f"the file system of '{disk}' has 1.00 MiB (1048576 bytes) available", "nothing was written",
                       "--no-preflight")
     assert entries(disk) == []
     # --no-preflight: the conversion starts, runs into ENOSPC (exit 3) and cleans up after itself.
