@@ -55,7 +55,10 @@ Result<std::vector<GroupLayout>> GroupLayouts(const Inventory& inv) {
     return Status::Unsupported(fmt::format(
         "{}: compressed-tensors float-quantized checkpoint without config_groups: the scale strategy is unknown", where));
   }
-  for (const auto& [key, group] : groups->items()) {
+  for (const auto& item : groups->items()) {
+    // Not a structured binding: clang 14 cannot capture one in the lambda below.
+    const std::string& key = item.key();
+    const json& group = item.value();
     const auto found = group.is_object() ? group.find("weights") : group.end();
     const json& weights = found != group.end() ? *found : json();
     auto refuse = [&](const std::string& what) {
