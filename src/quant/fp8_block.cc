@@ -1,5 +1,6 @@
 #include "stquant/fp8_block.h"
 
+#include <algorithm>
 #include <array>
 #include <vector>
 
@@ -19,15 +20,21 @@ Fp8ScaleWindow ScaleWindow(Fp8Block block, int64_t first_row, int64_t rows, int6
 
 namespace {
 
-// One row of codes times its scales, stored as `OutDType` (the dtype is a template argument so that
-// the store is not a switch per element).
+// One row of codes times its scales, stored as `OutDType` (a template argument, so that the store
+// is not a switch per element), one scale block of columns at a time (no division per element).
 template <DType OutDType>
 int64_t DecodeRow(QuantProfile profile, const uint8_t* row, int64_t cols, int64_t first_col, int64_t block_cols,
-                  int64_t window_first_col, const float* row_scales, void* row_out) {
+                  const float* row_scales, void* row_out) {
   const std::array<float, 256>& e4m3 = numeric::E4M3Table();
-  for (int64_t c = 0; c < cols; ++c) {
-    if (profile != QuantProfile::kMlxCpu0322 && (row[c] & 0x7F) == 0x7F) return c;
-    quant::StoreElement(OutDType, row_out, c, e4m3[row[c]] * row_scales[(first_col + c) / block_cols - window_first_col]);
+  const bool refuse_nan = profile != QuantProfile::kMlxCpu0322;
+  for (int64_t c = 0, b = 0; c < cols; ++b) {
+    // Columns [c, end) share scale b of the window.
+    const int64_t end = std::min(cols, (first_col / block_cols + b + 1) * block_cols - first_col);
+    const float scale = row_scales[b];
+    for (; c < end; ++c) {
+      if (refuse_nan && (row[c] & 0x7F) == 0x7F) return c;
+      quant::StoreElement(OutDType, row_out, c, e4m3[row[c]] * scale);
+    }
   }
   return -1;
 }
@@ -49,8 +56,8 @@ int64_t DecodeBlockFp8Rows(QuantProfile profile, Fp8Block block, const uint8_t* 
     for (int64_t b = 0; b < window.cols; ++b) {
       row_scales[b] = quant::LoadElement(scale_dtype, scales, scale_row * window.cols + b);
     }
-    const int64_t nan_at = decode_row(profile, codes + r * cols, cols, first_col, block.cols, window.first_col,
-                                      row_scales.data(), static_cast<uint8_t*>(out) + r * cols * out_bytes);
+    const int64_t nan_at = decode_row(profile, codes + r * cols, cols, first_col, block.cols, row_scales.data(),
+                                      static_cast<uint8_t*>(out) + r * cols * out_bytes);
     if (nan_at >= 0) return r * cols + nan_at;
   }
   return -1;
