@@ -250,7 +250,11 @@ Result<PlanContext> BuildPlan(const ConvertOptions& options, bool draft) {
     if (o.spec) STQ_RETURN_IF_ERROR(ValidateQuantSpec(*o.spec).Annotate("--override " + o.pattern));
   }
   // mlx_lm.convert casts to the config dtype; ollama never casts a kept tensor.
-  const std::optional<DType> cast_to = ollama_policy ? std::nullopt : ConversionDType(inv.config());
+  // (A plain dtype and a flag rather than the optional: GCC 12 takes the optional's byte for
+  // uninitialized in step 2.)
+  const std::optional<DType> conversion_dtype = ollama_policy ? std::nullopt : ConversionDType(inv.config());
+  const bool cast = conversion_dtype.has_value();
+  const DType cast_to = conversion_dtype.value_or(DType::kBF16);
 
   // 1. Which source tensors make which output tensor (sanitize: drop, stack experts).
   std::set<std::string> companions;
@@ -347,7 +351,8 @@ Result<PlanContext> BuildPlan(const ConvertOptions& options, bool draft) {
             P(first->name), DTypeName(first->dtype), fmt::join(first->shape, "x"), P(info->name), DTypeName(info->dtype),
             fmt::join(info->shape, "x")));
       }
-      PlannedSource source{s, ""};
+      PlannedSource source;
+      source.tensor = s;
       if (info->dtype == DType::kF8E4M3) {
         source.fp8_scale = Fp8ScaleName(inv, s);
         STQ_ASSIGN_OR_RETURN(source.fp8_block, Fp8ScaleBlock(inv, kind.kind, *info, *inv.FindInfo(source.fp8_scale)));
@@ -375,8 +380,8 @@ Result<PlanContext> BuildPlan(const ConvertOptions& options, bool draft) {
     } else {
       t.dtype = t.source_dtype;
     }
-    if (cast_to && IsFloat(t.dtype) && t.dtype != *cast_to) {
-      t.dtype = *cast_to;
+    if (cast && IsFloat(t.dtype) && t.dtype != cast_to) {
+      t.dtype = cast_to;
       if (t.transform == TensorTransform::kCopy) t.transform = TensorTransform::kCast;
     }
     plan.tensors.push_back(std::move(t));

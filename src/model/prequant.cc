@@ -884,7 +884,11 @@ Status PlanPrequantConversion(const ConvertOptions& options, const Classificatio
   auto planned = [&](const PrequantTensor& t, std::string name) {
     PlannedTensor p;
     p.name = std::move(name);
-    for (const std::string& s : t.sources) p.sources.push_back({s, ""});
+    for (const std::string& s : t.sources) {
+      PlannedSource source;
+      source.tensor = s;
+      p.sources.push_back(std::move(source));
+    }
     p.source_dtype = inv.FindInfo(t.sources.front())->dtype;
     p.dtype = t.dtype;
     p.shape = t.shape;
