@@ -81,7 +81,7 @@ OutputProjection ProjectMlxOutput(const ConvertOptions& options, const model::Pl
   OutputProjection p;
   fs::path target = fs::absolute(fs::path(options.output_dir)).lexically_normal();
   if (target.filename().empty()) target = target.parent_path();
-  p.target = "'" + target.string() + "'";
+  p.target = fmt::format("'{}'", target.string());
   p.directory = target.parent_path().string();
   const uint64_t shards = 1 + (options.shard_bytes ? plan.output_bytes / options.shard_bytes + 1 : 1);
   uint64_t config_entries = 0;
