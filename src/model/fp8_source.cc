@@ -59,6 +59,8 @@ Result<std::vector<GroupLayout>> GroupLayouts(const Inventory& inv) {
     // Not a structured binding: clang 14 cannot capture one in the lambda below.
     const std::string& key = item.key();
     const json& group = item.value();
+    // A mixed-precision container's packed groups are not this module's.
+    if (JsonString(group, "format", JsonString(*block, "format")) != "float-quantized") continue;
     const auto found = group.is_object() ? group.find("weights") : group.end();
     const json& weights = found != group.end() ? *found : json();
     auto refuse = [&](const std::string& what) {
@@ -96,6 +98,10 @@ Result<std::vector<GroupLayout>> GroupLayouts(const Inventory& inv) {
       return refuse(fmt::format("weight strategy '{}'", P(layout.strategy)));
     }
     layouts.push_back(std::move(layout));
+  }
+  if (layouts.empty()) {
+    return Status::Unsupported(fmt::format("{}: compressed-tensors checkpoint without a float-quantized config group",
+                                           where));
   }
   return layouts;
 }

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <set>
 
@@ -9,6 +10,7 @@
 #include <fmt/ranges.h>
 
 #include "model/arch.h"
+#include "model/fp8_source.h"
 #include "model/json_util.h"
 #include "model/ollama_policy.h"
 #include "safetensors/format.h"
@@ -80,9 +82,22 @@ bool IsScalarF32(const TensorInfo* info) {
   return info != nullptr && info->dtype == DType::kF32 && Elements(info->shape) == 1 && info->shape.size() <= 1;
 }
 
+// A compressed-tensors block with a float-quantized (FP8) group, or of that format itself.
+bool HasFloatQuantizedGroup(const json& block) {
+  const std::string format = JsonString(block, "format");
+  if (format == "float-quantized") return true;
+  const auto groups = block.find("config_groups");
+  if (groups == block.end() || !groups->is_object()) return false;
+  return std::any_of(groups->begin(), groups->end(),
+                     [&](const json& g) { return JsonString(g, "format", format) == "float-quantized"; });
+}
+
 // Which quantization formats a checkpoint's tensors show, each with one example tensor.
 std::map<std::string, std::string> FormatEvidence(const Inventory& inv) {
   std::map<std::string, std::string> found;
+  // FP8 weights of a compressed-tensors checkpoint with float-quantized groups are its own.
+  const json* ct = CompressedTensorsBlock(inv.config());
+  const bool ct_float = ct != nullptr && HasFloatQuantizedGroup(*ct);
   auto add = [&](const char* format, const std::string& name) { found.try_emplace(format, name); };
   for (const std::string& name : inv.names()) {
     if (EndsWith(name, ".scales") && Is(inv, Strip(name, ".scales") + ".weight", DType::kU32)) add("mlx", name);
@@ -94,7 +109,9 @@ std::map<std::string, std::string> FormatEvidence(const Inventory& inv) {
     if (EndsWith(name, "_blocks") && inv.FindInfo(Strip(name, "_blocks") + "_scales") != nullptr) {
       add("gpt-oss-mxfp4", name);
     }
-    if (EndsWith(name, ".weight") && Is(inv, name, DType::kF8E4M3)) add("block-fp8", name);
+    if (EndsWith(name, ".weight") && Is(inv, name, DType::kF8E4M3)) {
+      add(ct_float ? "compressed-tensors" : "block-fp8", name);
+    }
     if (EndsWith(name, ".qweight")) add("gptq/awq", name);
   }
   return found;
@@ -132,7 +149,8 @@ struct Builder {
     t.bytes = Bytes(t.dtype, t.shape);
     for (const std::string& s : t.sources) t.source_bytes += inv.FindInfo(s)->nbytes();
     for (const std::string& s : t.aux) {
-      if (!s.empty() && t.op == PrequantOp::kAffineBias) t.source_bytes += inv.FindInfo(s)->nbytes();
+      const bool read = t.op == PrequantOp::kAffineBias || t.op == PrequantOp::kDecodeFp8;
+      if (!s.empty() && read) t.source_bytes += inv.FindInfo(s)->nbytes();
     }
     plan.input_bytes += t.source_bytes;
     plan.output_bytes += t.bytes;
@@ -173,8 +191,10 @@ struct Builder {
     return groups;
   }
 
-  // Pass-through tensors (one source each), stacked when per-expert.
-  Status AddPassThrough(const std::vector<std::string>& names) {
+  // Pass-through tensors (one source each), stacked when per-expert; `finish` (optional) completes
+  // each before it is added.
+  Status AddPassThrough(const std::vector<std::string>& names,
+                        const std::function<Status(PrequantTensor&)>& finish = nullptr) {
     std::vector<std::pair<std::string, std::string>> items;
     for (const std::string& n : names) items.emplace_back(n, n);
     STQ_ASSIGN_OR_RETURN(auto groups, Group(std::move(items), ""));
@@ -195,6 +215,7 @@ struct Builder {
       t.dtype = first->dtype;
       t.shape = first->shape;
       if (group.begin()->first >= 0) t.shape.insert(t.shape.begin(), static_cast<int64_t>(group.size()));
+      if (finish) STQ_RETURN_IF_ERROR(finish(t));
       Add(std::move(t));
     }
     return Status::Ok();
@@ -485,11 +506,11 @@ Status PlanCompressedTensors(Builder& b) {
     return std::string();
   }();
   for (const std::string& f : formats) {
-    if (f == "nvfp4-pack-quantized" || f == "pack-quantized") continue;
+    if (f == "nvfp4-pack-quantized" || f == "pack-quantized" || f == "float-quantized") continue;
     return Status::Unsupported(fmt::format(
         "{}: compressed-tensors format '{}' (tensor '{}') is not supported: stquant imports nvfp4-pack-quantized, "
-        "pack-quantized (int2/4/8) and float-quantized (FP8: without packed layers), also as the groups of a "
-        "mixed-precision container; dequantize to bf16 first",
+        "pack-quantized (int2/4/8) and float-quantized (FP8), also as the groups of a mixed-precision container; "
+        "dequantize to bf16 first",
         b.where, P(f.empty() ? "(none)" : f), P(first_packed)));
   }
   const bool has_nvfp4 = formats.count("nvfp4-pack-quantized") > 0, has_int = formats.count("pack-quantized") > 0;
@@ -580,9 +601,34 @@ Status PlanCompressedTensors(Builder& b) {
     layers.push_back(std::move(l));
   }
   if (layers.empty()) return Status::InvalidInput(fmt::format("{}: compressed-tensors checkpoint without *.weight_packed", b.where));
+  // The float-quantized (FP8) layers of a mixed-precision container: decoded to the model's dtype
+  // (E4M3 x scale, as a compressed-tensors-fp8 source), float tensors of the output.
+  std::vector<std::string> fp8;
+  for (const std::string& name : inv.names()) {
+    if (!EndsWith(name, ".weight") || !Is(inv, name, DType::kF8E4M3) || !formats.count("float-quantized")) continue;
+    if (!inv.FindInfo(name + "_scale")) {
+      return Status::InvalidInput(fmt::format("{}: compressed-tensors float-quantized tensor '{}' has no '{}_scale'",
+                                              b.where, P(name), P(name)));
+    }
+    fp8.push_back(name);
+    consumed.insert({name, name + "_scale"});
+  }
+  const DType fp8_dtype = DequantizedDType(inv.config());
+  STQ_RETURN_IF_ERROR(b.AddPassThrough(fp8, [&](PrequantTensor& t) -> Status {
+    for (const std::string& source : t.sources) {
+      STQ_ASSIGN_OR_RETURN(const Fp8Block block, Fp8ScaleBlock(inv, SourceKind::kCompressedTensorsFp8,
+                                                               *inv.FindInfo(source), *inv.FindInfo(source + "_scale")));
+      t.fp8_blocks.push_back(block);
+      t.aux.push_back(source + "_scale");
+    }
+    t.op = PrequantOp::kDecodeFp8;
+    t.dtype = fp8_dtype;
+    return Status::Ok();
+  }));
   // "compressed-tensors pack-quantized int4 (group 64, symmetric)"; a mixed-precision container
   // lists what its layers are.
   std::set<std::string> kinds;
+  if (!fp8.empty()) kinds.insert("float-quantized FP8 (decoded)");
   for (const SourceLayer& l : layers) {
     kinds.insert(l.spec.mode == QuantMode::kNvfp4
                      ? std::string("nvfp4-pack-quantized")
@@ -782,6 +828,25 @@ std::string OllamaPrequantName(const PrequantTensor& t) {
   return t.name;
 }
 
+PlannedTensor DecodedFp8Tensor(const PrequantTensor& t, std::string name) {
+  PlannedTensor p;
+  p.name = std::move(name);
+  for (size_t i = 0; i < t.sources.size(); ++i) {
+    PlannedSource source;
+    source.tensor = t.sources[i];
+    source.fp8_scale = t.aux[i];
+    source.fp8_block = t.fp8_blocks[i];
+    source.fp8_dtype = t.dtype;
+    p.sources.push_back(std::move(source));
+  }
+  p.transform = TensorTransform::kDecodeFp8;
+  p.source_dtype = DType::kF8E4M3;
+  p.dtype = t.dtype;
+  p.shape = t.shape;
+  p.output_bytes = PlannedOutputBytes(p);
+  return p;
+}
+
 Result<std::vector<OllamaPrequantBlob>> OllamaPrequantBlobs(const PrequantPlan& plan, const std::string& where,
                                                             bool requantize) {
   std::map<std::string, OllamaPrequantBlob> blobs;
@@ -918,7 +983,15 @@ Status PlanPrequantConversion(const ConvertOptions& options, const Classificatio
         continue;
       }
       for (size_t i : blob.tensors) {
-        PlannedTensor p = planned(pq.tensors[i], OllamaPrequantName(pq.tensors[i]));
+        const PrequantTensor& t = pq.tensors[i];
+        PlannedTensor p = planned(t, OllamaPrequantName(t));
+        if (t.op == PrequantOp::kDecodeFp8) {
+          // Decoded FP8 weights take the type ollama's policy gives them, mxfp8 by default (as block
+          // FP8 sources).
+          p = DecodedFp8Tensor(t, OllamaPrequantName(t));
+          p.quant = OllamaTypeSpec(policy->Type(p.name, p.shape, options.quant ? OllamaTypeOf(*options.quant) : "mxfp8"));
+          if (p.quant) p.quant->profile = options.profile;
+        }
         p.blob = blob.name;
         plan.tensors.push_back(std::move(p));
       }
@@ -926,7 +999,11 @@ Status PlanPrequantConversion(const ConvertOptions& options, const Classificatio
   }
   for (const PrequantTensor& t : pq.tensors) {
     if (ollama) break;
-    if (!options.requantize || t.layer.empty()) {
+    if (t.op == PrequantOp::kDecodeFp8) {
+      PlannedTensor p = DecodedFp8Tensor(t, t.name);
+      if (options.requantize && p.shape.back() % options.quant->group_size == 0) p.quant = options.quant;
+      plan.tensors.push_back(std::move(p));
+    } else if (!options.requantize || t.layer.empty()) {
       plan.tensors.push_back(planned(t, t.name));
     } else if (t.role == PrequantRole::kWeight) {
       PlannedTensor p = dequantized(t, t.name);

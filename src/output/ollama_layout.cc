@@ -206,6 +206,13 @@ Status WritePrequantBlobs(BlobQueue& blobs, const model::PlanContext& context, c
     std::vector<const model::PrequantTensor*> tensors;
     for (size_t i : blob.tensors) tensors.push_back(&pq.tensors[i]);
     const std::string blob_name = prefix + blob.name;
+    // A float-quantized (FP8) layer of a mixed-precision container, decoded and quantized as planned.
+    if (const auto decoded = planned.find(blob.name);
+        decoded != planned.end() && decoded->second->transform == TensorTransform::kDecodeFp8 && decoded->second->quant) {
+      auto rows_of = [&](const PlannedTensor& t) { return PlannedRows(inv, t, options.profile); };
+      STQ_RETURN_IF_ERROR(WriteTensorBlob(blobs, inv, {decoded->second}, prefix, rows_of, options, progress, summary));
+      continue;
+    }
     if (options.requantize && !blob.layer.empty()) {
       const auto layer = std::find_if(pq.layers.begin(), pq.layers.end(),
                                       [&](const model::PrequantLayer& l) { return l.path == blob.layer; });
@@ -291,13 +298,17 @@ std::string FileType(const model::PlanContext& context) {
   Result<std::vector<model::OllamaPrequantBlob>> blobs =
       model::OllamaPrequantBlobs(*context.prequant, context.inventory->path(), /*requantize=*/false);
   if (!blobs.ok()) return "";  // not reached: the plan checked the same blobs
-  std::string type;
+  std::vector<std::string> types;  // of the layer blobs, and of decoded FP8 weights
   for (const model::OllamaPrequantBlob& blob : *blobs) {
-    if (blob.metadata.empty()) continue;
-    if (!type.empty() && type != blob.metadata.at("quant_type")) return "";
-    type = blob.metadata.at("quant_type");
+    if (!blob.metadata.empty()) types.push_back(blob.metadata.at("quant_type"));
   }
-  return type;
+  for (const PlannedTensor& t : context.plan.tensors) {
+    if (t.transform == TensorTransform::kDecodeFp8 && t.quant) types.push_back(model::OllamaTypeOf(*t.quant));
+  }
+  if (types.empty() || std::any_of(types.begin(), types.end(), [&](const std::string& t) { return t != types[0]; })) {
+    return "";
+  }
+  return types.front();
 }
 
 uint64_t PeakRss() {

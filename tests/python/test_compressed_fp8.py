@@ -193,17 +193,93 @@ def test_refusals_name_the_group_or_tensor(stquant, shared_dir, tmp_path):
     assert manifest_path(store, "y").is_file()
 
 
-def test_fp8_groups_beside_packed_groups_are_refused(stquant, shared_dir, tmp_path):
-    """A mixed-precision container whose FP8 layers sit beside packed int layers: not imported (the
-    packed layers would be copied, the FP8 ones decoded); refused naming both formats."""
-    build_fp8(shared_dir, tmp_path / "src", select=lambda n: is_linear(n) and "mlp" in n)
-    raw = read_raw(tmp_path / "src/model.safetensors")
-    base = "model.layers.0.self_attn.q_proj"
-    del raw[base + ".weight"]
-    raw[base + ".weight_packed"] = st_entry("I32", np.zeros((256, 32), np.int32))
-    raw[base + ".weight_scale"] = st_entry("BF16", np.ones((256, 4), ml_dtypes.bfloat16))
-    write_st(tmp_path / "src/model.safetensors", raw)
-    r = run(stquant, "convert", tmp_path / "src", "-o", tmp_path / "out", ok=False)
-    assert r.returncode == 2 and "mixes quantization formats" in r.stderr
-    assert "block-fp8" in r.stderr and "compressed-tensors" in r.stderr and base + ".weight_packed" in r.stderr
-    assert not (tmp_path / "out").exists()
+def build_fp8_beside_packed(shared_dir, dst, mlp: str):
+    """format mixed-precision: attention layers float-quantized FP8 (per channel), MLP layers
+    packed (mlp "int4": pack-quantized int4 group 64; "nvfp4": nvfp4-pack-quantized). Returns
+    (FP8 layer -> decoded weights, MLP layer -> exact values)."""
+    attention = lambda n: is_linear(n) and "self_attn" in n  # noqa: E731
+    packed_group = ({"targets": ["re:.*mlp.*"], "format": "pack-quantized",
+                     "weights": {"num_bits": 4, "type": "int", "symmetric": True, "strategy": "group", "group_size": 64}}
+                    if mlp == "int4" else
+                    {"targets": ["re:.*mlp.*"], "format": "nvfp4-pack-quantized",
+                     "weights": {"num_bits": 4, "type": "float", "symmetric": True, "strategy": "tensor_group",
+                                 "group_size": 16}})
+    qc = {"quant_method": "compressed-tensors", "format": "mixed-precision", "ignore": ["lm_head"],
+          "config_groups": {"group_0": {**group_config("channel"), "targets": ["re:.*self_attn.*"]},
+                            "group_1": packed_group}}
+    ref_fp8 = build_fp8(shared_dir, dst, "channel", "BF16", select=attention, config=qc)
+    from test_prequant_import import ct_int, ct_nvfp4, ct_nvfp4_dequant, pack_int32
+    raw = read_raw(dst / "model.safetensors")
+    ref_packed = {}
+    for name, values in ((n, v) for n, (_, _, _, v) in load_source(shared_dir / "fixtures/hf/tiny-llama").items()
+                         if is_linear(n) and "mlp" in n):
+        base = name[: -len(".weight")]
+        del raw[name]
+        if mlp == "int4":
+            q, s, _ = ct_int(values, 64, True, False)
+            raw[base + ".weight_packed"] = st_entry("I32", pack_int32(q, 4))
+            raw[base + ".weight_scale"] = st_entry("BF16", s)
+            ref_packed[base] = q.astype(np.float64) * np.repeat(s.astype(np.float64), 64, axis=-1)
+        else:
+            packed, scales, g = ct_nvfp4(values)
+            raw[base + ".weight_packed"] = st_entry("U8", packed)
+            raw[base + ".weight_scale"] = st_entry("F8_E4M3", scales)
+            raw[base + ".weight_global_scale"] = st_entry("F32", np.array([g], np.float32))
+            ref_packed[base] = ct_nvfp4_dequant(packed, scales, g)
+    write_st(dst / "model.safetensors", raw)
+    return ref_fp8, ref_packed
+
+
+def test_fp8_groups_beside_packed_groups(stquant, shared_dir, tmp_path):
+    """A mixed-precision container of FP8 attention and packed MLP layers: the packed layers are
+    imported losslessly (their codes copied), the FP8 ones decoded exactly (float layers in the mlx
+    layout; mxfp8 by default in the ollama layout, as block FP8); --requantize quantizes both."""
+    ref_fp8, ref_int = build_fp8_beside_packed(shared_dir, tmp_path / "src", "int4")
+    report = json.loads(run(stquant, "inspect", tmp_path / "src", "--json").stdout)
+    assert report["source_kind"] == "compressed-tensors"
+    r = run(stquant, "convert", tmp_path / "src", "-o", tmp_path / "out", "--dry-run")
+    assert "compressed-tensors mixed-precision (float-quantized FP8 (decoded), pack-quantized int4" in r.stdout
+    run(stquant, "convert", tmp_path / "src", "-o", tmp_path / "out", "--quiet")
+    raw = read_raw(tmp_path / "out/model.safetensors")
+    for base, want in ref_fp8.items():
+        got, _ = raw_values(raw, base + ".weight", want.dtype)
+        np.testing.assert_array_equal(got.view(np.uint16), want.view(np.uint16), err_msg=base)
+        assert base + ".scales" not in raw
+    out = load_output(tmp_path / "out")
+    for base, want in ref_int.items():
+        got = np.array(mx.dequantize(out[base + ".weight"], out[base + ".scales"].astype(mx.float32),
+                                     out[base + ".biases"].astype(mx.float32), group_size=64, bits=4,
+                                     dtype=mx.float32)).astype(np.float64)
+        np.testing.assert_array_equal(got, want, err_msg=base)
+    config = json.loads((tmp_path / "out/config.json").read_text())
+    assert config["quantization"] == {"group_size": 64, "bits": 4, "mode": "affine"}
+    from mlx_lm import generate, load
+    model, tokenizer = load(str(tmp_path / "out"))
+    assert isinstance(generate(model, tokenizer, prompt="hello", max_tokens=3, verbose=False), str)
+    # --requantize: every formerly quantized layer, FP8 ones included, becomes mxfp8.
+    run(stquant, "convert", tmp_path / "src", "-o", tmp_path / "rq", "-q", "mxfp8", "--requantize", "--quiet")
+    out = load_output(tmp_path / "rq")
+    for base, want in ref_fp8.items():
+        expect = mx.quantize(mx.array(want), group_size=32, bits=8, mode="mxfp8")
+        np.testing.assert_array_equal(np.array(out[base + ".weight"]), np.array(expect[0]))
+        np.testing.assert_array_equal(np.array(out[base + ".scales"]), np.array(expect[1]))
+    assert all(base + ".scales" in out for base in ref_int)
+
+    # The ollama layout, with nvfp4 MLP layers.
+    ref_fp8, ref_nvfp4 = build_fp8_beside_packed(shared_dir, tmp_path / "src2", "nvfp4")
+    store = tmp_path / "store"
+    run(stquant, "convert", tmp_path / "src2", "--layout", "ollama", "--models-dir", store, "--name", "x", "--quiet")
+    manifest, tensors, quant, raw = load_model(store, "x")
+    for base, want in ref_fp8.items():
+        name = base + ".weight"
+        assert quant[name] == ("mxfp8", 32), name
+        expect = mx.quantize(mx.array(want), group_size=32, bits=8, mode="mxfp8")
+        np.testing.assert_array_equal(np.array(tensors[name]), np.array(expect[0]))
+        np.testing.assert_array_equal(np.array(tensors[name + "_scale"]), np.array(expect[1]))
+    from test_prequant_import import nvfp4_blob_values
+    for base, want in ref_nvfp4.items():
+        assert quant[base + ".weight"][0] == "nvfp4"
+        got = nvfp4_blob_values(tensors, base)
+        np.testing.assert_array_equal(got.astype(ml_dtypes.bfloat16), want.astype(ml_dtypes.bfloat16))
+    config = json.loads((store / "blobs" / ("sha256-" + manifest["config"]["digest"][7:])).read_text())
+    assert config["file_type"] == ""  # nvfp4 and mxfp8 layers
