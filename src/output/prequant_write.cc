@@ -290,6 +290,8 @@ Status WritePrequantTensor(const Inventory& inv, const PrequantTensor& t, const 
         }
         break;
       }
+      case PrequantOp::kDecodeFp8:  // the whole tensor at once, above
+        return Status::Internal(fmt::format("prequant: tensor '{}': FP8 decode reached the byte copy", P(t.name)));
     }
   }
   if (offset != t.bytes) {
