@@ -51,9 +51,10 @@ int64_t Elements(const std::vector<int64_t>& shape) {
   return n;
 }
 
-// mlx_lm.convert casts every floating parameter to config "torch_dtype" (or text_config "dtype")
-// when it names a float type.
-std::optional<DType> ConversionDType(const nlohmann::json& config) {
+// mlx_lm.convert casts every floating parameter to --dtype, else to config "torch_dtype" (or
+// text_config "dtype") when it names a float type.
+std::optional<DType> ConversionDType(const ConvertOptions& options, const nlohmann::json& config) {
+  if (options.dtype) return options.dtype;
   std::string name;
   if (auto it = config.find("torch_dtype"); it != config.end() && it->is_string()) {
     name = it->get<std::string>();
@@ -250,11 +251,11 @@ Result<PlanContext> BuildPlan(const ConvertOptions& options, bool draft) {
     if (o.spec) STQ_RETURN_IF_ERROR(ValidateQuantSpec(*o.spec).Annotate("--override " + o.pattern));
   }
   // mlx_lm.convert casts to the config dtype; ollama never casts a kept tensor.
-  // (A plain dtype and a flag rather than the optional: GCC 12 takes the optional's byte for
-  // uninitialized in step 2.)
-  const std::optional<DType> conversion_dtype = ollama_policy ? std::nullopt : ConversionDType(inv.config());
-  const bool cast = conversion_dtype.has_value();
-  const DType cast_to = conversion_dtype.value_or(DType::kBF16);
+  // A plain flag and dtype rather than an optional: GCC 12 thinks the optional's flag may be read
+  // uninitialized in the loop below.
+  const std::optional<DType> conversion = ollama_policy ? std::nullopt : ConversionDType(options, inv.config());
+  const bool cast = conversion.has_value();
+  const DType cast_to = conversion.value_or(DType::kBF16);
 
   // 1. Which source tensors make which output tensor (sanitize: drop, stack experts).
   std::set<std::string> companions;
@@ -575,10 +576,5 @@ Result<PlanContext> BuildPlan(const ConvertOptions& options, bool draft) {
 }
 
 }  // namespace model
-
-Result<ConversionPlan> PlanConversion(const ConvertOptions& options) {
-  STQ_ASSIGN_OR_RETURN(model::PlanContext context, model::BuildPlan(options));
-  return std::move(context.plan);
-}
 
 }  // namespace stquant

@@ -933,6 +933,12 @@ Status PlanPrequantConversion(const ConvertOptions& options, const Classificatio
   if (options.requantize && !options.quant) {
     return Status::InvalidArgument("--requantize needs a quantization type (-q TYPE or --mode)");
   }
+  if (options.dequantize && (ollama || options.quant)) {
+    return Status::InvalidArgument("--dequantize writes the mlx layout without quantization");
+  }
+  // The formerly quantized layers are rewritten from their dequantized values (--requantize,
+  // --dequantize) instead of imported as they are.
+  const bool rewrite = options.requantize || options.dequantize;
   if (!options.recipe.empty() || !options.overrides.empty()) {
     return Status::InvalidArgument(fmt::format(
         "{}: --recipe and --override are not supported for an already-quantized source ({})", where,
@@ -1001,13 +1007,13 @@ Status PlanPrequantConversion(const ConvertOptions& options, const Classificatio
     if (ollama) break;
     if (t.op == PrequantOp::kDecodeFp8) {
       PlannedTensor p = DecodedFp8Tensor(t, t.name);
-      if (options.requantize && p.shape.back() % options.quant->group_size == 0) p.quant = options.quant;
+      if (options.quant && p.shape.back() % options.quant->group_size == 0) p.quant = options.quant;
       plan.tensors.push_back(std::move(p));
-    } else if (!options.requantize || t.layer.empty()) {
+    } else if (!rewrite || t.layer.empty()) {
       plan.tensors.push_back(planned(t, t.name));
     } else if (t.role == PrequantRole::kWeight) {
       PlannedTensor p = dequantized(t, t.name);
-      if (p.shape.back() % options.quant->group_size == 0) p.quant = options.quant;
+      if (options.quant && p.shape.back() % options.quant->group_size == 0) p.quant = options.quant;
       plan.tensors.push_back(std::move(p));
     }
   }

@@ -128,12 +128,19 @@ uint64_t PeakRssBytes() {
 
 }  // namespace
 
+// The ollama layout's plan resolves the Modelfile and the store (PlanOllamaImport).
+Result<ConversionPlan> PlanConversion(const ConvertOptions& options) {
+  if (options.layout == OutputLayout::kOllama) return output::PlanOllamaImport(options);
+  STQ_ASSIGN_OR_RETURN(model::PlanContext context, model::BuildPlan(options));
+  return std::move(context.plan);
+}
+
 Result<ConvertSummary> Convert(const ConvertOptions& options,
                                const std::function<void(const ConvertProgress&)>& progress) {
   if (options.layout == OutputLayout::kOllama) return output::ConvertToOllamaStore(options, progress);
   const auto start = std::chrono::steady_clock::now();
   STQ_ASSIGN_OR_RETURN(model::PlanContext context, model::BuildPlan(options));
-  STQ_RETURN_IF_ERROR(output::Preflight(options, context, output::ProjectMlxOutput(options, context)));
+  STQ_RETURN_IF_ERROR(output::Preflight(options, &context, output::ProjectMlxOutput(options, context)));
   if (context.prequant) return output::ConvertPrequantMlx(options, context, progress);  // already quantized
   const Inventory& inv = *context.inventory;
   const ConversionPlan& plan = context.plan;
@@ -243,12 +250,21 @@ std::string FormatPlanText(const ConversionPlan& plan) {
                                                                      : "copy";
     std::string quant = t.quant ? fmt::format("{} b{} g{}", ModeInfo(t.quant->mode).name, t.quant->bits, t.quant->group_size)
                                 : std::string(DTypeName(t.dtype));
-    out += fmt::format("{:<60} {:<9} {:<18} {:<16} {}\n", t.name, from, fmt::format("[{}]", fmt::join(t.shape, ",")), quant,
+    out += fmt::format("{:<60} {:<9} {:<18} {:<16} {}", t.name, from, fmt::format("[{}]", fmt::join(t.shape, ",")), quant,
                        t.output_bytes);
+    out += t.blob.empty() ? "\n" : fmt::format("  -> blob {}\n", t.blob);
   }
   const double bpw = plan.parameters ? 8.0 * plan.output_bytes / plan.parameters : 0.0;
   out += fmt::format("{} tensors; input {} bytes -> output {} bytes ({:.3f} bits per weight, {} parameters)\n",
                      plan.tensors.size(), plan.input_bytes, plan.output_bytes, bpw, plan.parameters);
+  if (!plan.manifest_path.empty()) {
+    out += fmt::format("manifest {} ({} layers + the config blob; digests are computed when the blobs are written):\n",
+                       plan.manifest_path, plan.manifest_layers.size());
+    for (const PlannedLayer& l : plan.manifest_layers) {
+      out += fmt::format("  {:<40} {:<60} {:>12}{}\n", l.media_type, l.name.empty() ? "-" : l.name, l.bytes,
+                         l.digest.empty() ? "" : "  " + l.digest);
+    }
+  }
   for (const std::string& w : plan.warnings) out += "warning: " + w + "\n";
   return out;
 }
@@ -280,7 +296,16 @@ std::string FormatPlanJson(const ConversionPlan& plan) {
     } else {
       row["quant"] = nullptr;
     }
+    if (!t.blob.empty()) row["blob"] = t.blob;
     j["tensors"].push_back(row);
+  }
+  if (!plan.manifest_path.empty()) {
+    j["manifest"] = {{"path", plan.manifest_path}, {"layers", nlohmann::json::array()}};
+    for (const PlannedLayer& l : plan.manifest_layers) {
+      nlohmann::json layer = {{"mediaType", l.media_type}, {"name", l.name}, {"bytes", l.bytes}};
+      if (!l.digest.empty()) layer["digest"] = l.digest;
+      j["manifest"]["layers"].push_back(layer);
+    }
   }
   return j.dump(2) + "\n";
 }

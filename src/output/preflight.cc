@@ -100,7 +100,7 @@ OutputProjection ProjectMlxOutput(const ConvertOptions& options, const model::Pl
 }
 
 OutputProjection ProjectOllamaOutput(const ConvertOptions& options, const std::string& root,
-                                     const model::PlanContext& context, const model::PlanContext* draft,
+                                     const model::PlanContext* context, const model::PlanContext* draft,
                                      uint64_t modelfile_bytes) {
   OutputProjection p;
   p.target = fmt::format("model '{}' in the ollama model store '{}'", options.model_name, root);
@@ -120,7 +120,7 @@ OutputProjection ProjectOllamaOutput(const ConvertOptions& options, const std::s
       ++json_files;
     }
   };
-  add(context, 0);
+  if (context) add(*context, 0);
   if (draft) add(*draft, 6);  // "draft."
   // Text layers, the config blob, the manifest (one entry per layer).
   p.data_bytes += modelfile_bytes + 2 * kHeaderBytes + (blobs + json_files + 4) * (kEntryBytes + 64);
@@ -130,18 +130,18 @@ OutputProjection ProjectOllamaOutput(const ConvertOptions& options, const std::s
   return p;
 }
 
-ArchitectureVerdict ArchitectureVerdictFor(const ConvertOptions& options, const model::PlanContext& context) {
-  if (options.layout == OutputLayout::kOllama) return ArchitectureVerdict::kKnown;
-  return model::RulesFor(context.inventory->config()).known ? ArchitectureVerdict::kKnown
-                                                            : ArchitectureVerdict::kGenericRules;
+ArchitectureVerdict ArchitectureVerdictFor(const ConvertOptions& options, const model::PlanContext* context) {
+  if (options.layout == OutputLayout::kOllama || context == nullptr) return ArchitectureVerdict::kKnown;
+  return model::RulesFor(context->inventory->config()).known ? ArchitectureVerdict::kKnown
+                                                             : ArchitectureVerdict::kGenericRules;
 }
 
-Status Preflight(const ConvertOptions& options, const model::PlanContext& context, const OutputProjection& projection,
+Status Preflight(const ConvertOptions& options, const model::PlanContext* context, const OutputProjection& projection,
                  const std::vector<std::string>& extra_writable) {
   if (ArchitectureVerdictFor(options, context) == ArchitectureVerdict::kUnsupported) {
     return Status::Unsupported(fmt::format("preflight: architecture '{}' is not supported by the {} layout; nothing "
                                            "was written to {}",
-                                           context.plan.architecture,
+                                           context ? context->plan.architecture : "",
                                            options.layout == OutputLayout::kOllama ? "ollama" : "mlx",
                                            projection.target));
   }

@@ -39,8 +39,9 @@ OutputProjection ProjectMlxOutput(const ConvertOptions& options, const model::Pl
 // the draft's, the Modelfile's text layers (at most `modelfile_bytes`), the config blob and the
 // manifest. Blobs already in the store are counted too: each is written to a temporary before its
 // digest is known.
+// `context` null: FROM a model of the store, whose tensor blobs are there already.
 OutputProjection ProjectOllamaOutput(const ConvertOptions& options, const std::string& root,
-                                     const model::PlanContext& context, const model::PlanContext* draft,
+                                     const model::PlanContext* context, const model::PlanContext* draft,
                                      uint64_t modelfile_bytes);
 
 // How the chosen layout stands to the plan's architecture. Today the verdict comes from
@@ -49,11 +50,13 @@ OutputProjection ProjectOllamaOutput(const ConvertOptions& options, const std::s
 // policy has a default family), so nothing is refused yet; an architecture table replaces this
 // function's body.
 enum class ArchitectureVerdict { kKnown, kGenericRules, kUnsupported };
-ArchitectureVerdict ArchitectureVerdictFor(const ConvertOptions& options, const model::PlanContext& context);
+// `context` null: nothing is converted (an ollama import FROM a model of the store).
+ArchitectureVerdict ArchitectureVerdictFor(const ConvertOptions& options, const model::PlanContext* context);
 
-// The checks above, for a projection of the plan in `context`. `extra_writable` (optional): more
-// existing directories the conversion writes into (the ollama store's blobs/ and manifests/).
-Status Preflight(const ConvertOptions& options, const model::PlanContext& context, const OutputProjection& projection,
+// The checks above, for a projection of the plan in `context` (null: none). `extra_writable`
+// (optional): more existing directories the conversion writes into (the ollama store's blobs/ and
+// manifests/).
+Status Preflight(const ConvertOptions& options, const model::PlanContext* context, const OutputProjection& projection,
                  const std::vector<std::string>& extra_writable = {});
 
 }  // namespace stquant::output
