@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "stquant/dtype.h"
+#include "stquant/fp8_block.h"
 #include "stquant/quant_spec.h"
 #include "stquant/status.h"
 
@@ -56,6 +57,10 @@ struct ConvertOptions {
   QuantProfile profile = QuantProfile::kMlxCpu;
   int threads = 0;                    // 0: all cores
   bool force = false;                 // replace an existing output directory
+  // The preflight (output/preflight.h) compares the projected output size with the target file
+  // system's free space; false (--no-preflight) skips that check alone, for file systems that
+  // misreport their free space.
+  bool check_free_space = true;
   // An already-quantized source (MLX, ModelOpt NVFP4, compressed-tensors, gpt-oss MXFP4) is
   // imported without touching a code; with `quant` set it is an error unless `requantize`, which
   // dequantizes it with the source format's arithmetic and quantizes again (loses accuracy).
@@ -113,10 +118,15 @@ struct ValueOp {
 
 struct PlannedSource {
   std::string tensor;     // source tensor name
-  std::string fp8_scale;  // block-FP8 companion ("<tensor>_scale_inv" or "_scale"), else empty
+  std::string fp8_scale;  // FP8 scale companion ("<tensor>_scale_inv" or "_scale"), else empty
   // The part of the output this source gives (the pieces are concatenated along the first axis;
   // a stacked expert is one [1, ...] piece). Empty shape and strides with offset 0 for a scalar.
   TensorView view;
+  Fp8Block fp8_block;     // what one of its scales covers (128x128 block FP8; per channel, ...)
+  // The float dtype the E4M3 x scale products are rounded to (then cast to the tensor's dtype):
+  // BF16 for block FP8 (as mlx-lm's and ollama's decode), the model's dtype for
+  // compressed-tensors float-quantized.
+  DType fp8_dtype = DType::kBF16;
 };
 
 // One tensor of the output model before quantization (a quantized one becomes "<name>" U32,

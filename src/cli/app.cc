@@ -30,6 +30,7 @@ int RunCommandLine(int argc, char** argv) {
   stquant::cli::RegisterMlxConvertCommand(app, &status);
   stquant::cli::RegisterQuantizeCommand(app, &status);
   stquant::cli::RegisterDequantizeCommand(app, &status);
+  stquant::cli::RegisterOllamaCommand(app, &status);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

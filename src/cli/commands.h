@@ -22,6 +22,8 @@ void RegisterQuantizeCommand(CLI::App& app, Status* status);
 void RegisterConvertCommand(CLI::App& app, Status* status);
 // stquant dequantize IN -o OUT [--dtype bf16|f16|f32]
 void RegisterDequantizeCommand(CLI::App& app, Status* status);
+// stquant ollama gc [--dry-run] | list [PREFIX] | rm NAME... [--models-dir DIR]
+void RegisterOllamaCommand(CLI::App& app, Status* status);
 // stquant mlx-convert --hf-path SRC [--mlx-path OUT] [-q] [...]: mlx_lm.convert's flags
 void RegisterMlxConvertCommand(CLI::App& app, Status* status);
 

@@ -29,6 +29,7 @@ struct ConvertCommandOptions {
   std::string shard_size = "5GiB";
   int threads = 0;
   bool force = false, dry_run = false, json = false, quiet = false;
+  bool no_preflight = false;  // skip the free-space check of the preflight
   bool requantize = false;  // an already-quantized source: dequantize and quantize to -q
   bool allow_unknown_architecture = false;
 };
@@ -115,6 +116,7 @@ Result<ConvertOptions> BuildOptions(const ConvertCommandOptions& o) {
   STQ_ASSIGN_OR_RETURN(options.shard_bytes, ParseSize(o.shard_size));
   options.threads = o.threads;
   options.force = o.force;
+  options.check_free_space = !o.no_preflight;
   options.requantize = o.requantize;
   options.allow_unknown_architecture = o.allow_unknown_architecture;
   return options;
@@ -208,7 +210,8 @@ Status RunConvert(const ConvertCommandOptions& o) {
 void RegisterConvertCommand(CLI::App& app, Status* status) {
   auto o = std::make_shared<ConvertCommandOptions>();
   CLI::App* cmd = app.add_subcommand(
-      "convert", "Convert a Hugging Face checkpoint (bf16/f16/f32 or block-FP8) into an MLX (mlx-lm) model directory");
+      "convert", "Convert a Hugging Face checkpoint (bf16/f16/f32, block-FP8, compressed-tensors FP8 or already "
+                 "quantized) into an MLX (mlx-lm) model directory or an ollama store");
   cmd->add_option("source,--hf-path", o->source,
                   "Hugging Face model directory (config.json + *.safetensors), or a repo id (org/name) found in the "
                   "local Hugging Face cache (never downloaded); also --hf-path SRC, as mlx_lm.convert; with --layout "
@@ -246,6 +249,9 @@ void RegisterConvertCommand(CLI::App& app, Status* status) {
   cmd->add_option("--shard-size", o->shard_size, "largest output shard (binary units; default 5GiB, as mlx-lm)");
   cmd->add_option("-j,--jobs", o->threads, "worker threads (0: all cores)");
   cmd->add_flag("--force", o->force, "replace an existing output directory");
+  cmd->add_flag("--no-preflight", o->no_preflight,
+                "skip the preflight's free-space check (the projected output size against the target file "
+                "system's free space), for file systems that misreport it; the other checks still run");
   cmd->add_flag("--requantize", o->requantize,
                 "an already-quantized source (MLX, ModelOpt NVFP4, compressed-tensors, gpt-oss MXFP4) is imported "
                 "losslessly without -q; with -q TYPE --requantize it is dequantized and quantized again (loses "

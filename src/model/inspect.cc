@@ -9,6 +9,7 @@
 
 #include "model/arch.h"
 #include "model/inventory.h"
+#include "util/human_bytes.h"
 
 namespace stquant {
 
@@ -16,17 +17,6 @@ namespace {
 
 std::string ShapeText(const std::vector<int64_t>& shape) {
   return fmt::format("[{}]", fmt::join(shape, ", "));
-}
-
-std::string HumanBytes(uint64_t bytes) {
-  static constexpr const char* kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  double value = static_cast<double>(bytes);
-  int unit = 0;
-  while (value >= 1024 && unit < 4) {
-    value /= 1024;
-    ++unit;
-  }
-  return unit == 0 ? fmt::format("{} B", bytes) : fmt::format("{:.2f} {}", value, kUnits[unit]);
 }
 
 std::string QuantText(const InspectQuantized& q) {
@@ -145,7 +135,7 @@ std::string FormatInspectText(const InspectReport& report) {
 
   line("");
   line(fmt::format("{} tensors across {} shard{}, {} bytes ({})", report.tensors.size(), report.shards.size(),
-                   report.shards.size() == 1 ? "" : "s", report.total_bytes, HumanBytes(report.total_bytes)));
+                   report.shards.size() == 1 ? "" : "s", report.total_bytes, util::HumanBytes(report.total_bytes)));
   for (const auto& [dtype, total] : report.by_dtype) {
     line(fmt::format("  {:<8} {:>6} tensors  {:>14} bytes", dtype, total.tensors, total.bytes));
   }

@@ -1,6 +1,8 @@
 #include "model/inventory.h"
 
 #include <algorithm>
+#include <cctype>
+#include <charconv>
 #include <filesystem>
 #include <set>
 #include <utility>
@@ -149,6 +151,63 @@ Result<Inventory> Inventory::OpenFile(const std::string& path) {
   return inv;
 }
 
+namespace {
+
+// "model-<i>-of-<N>.safetensors" -> {i, N} (1 <= i <= N); nullopt for other names.
+std::optional<std::pair<int64_t, int64_t>> ShardNumber(std::string_view name) {
+  constexpr std::string_view kPrefix = "model-", kOf = "-of-";
+  if (!StartsWith(name, kPrefix) || !EndsWith(name, kSuffix)) return std::nullopt;
+  name = name.substr(kPrefix.size(), name.size() - kPrefix.size() - kSuffix.size());
+  const size_t of = name.find(kOf);
+  if (of == std::string_view::npos) return std::nullopt;
+  auto number = [](std::string_view digits) -> std::optional<int64_t> {
+    int64_t value = 0;
+    const auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), value);
+    if (digits.empty() || ec != std::errc() || end != digits.data() + digits.size() || !std::isdigit(static_cast<unsigned char>(digits[0]))) {
+      return std::nullopt;
+    }
+    return value;
+  };
+  const auto i = number(name.substr(0, of)), n = number(name.substr(of + kOf.size()));
+  if (!i || !n || *i < 1 || *i > *n) return std::nullopt;
+  return std::make_pair(*i, *n);
+}
+
+// Shards named "model-<i>-of-<N>.safetensors" (the Hugging Face convention) say how many there
+// are: without an index, every i in 1..N must be there, all with the same N.
+Status CheckNumberedShardsComplete(const std::string& dir, const std::vector<std::string>& names) {
+  std::set<int64_t> present;
+  int64_t total = -1;
+  std::string first;
+  for (const std::string& name : names) {
+    const std::optional<std::pair<int64_t, int64_t>> numbered = ShardNumber(name);
+    if (!numbered) continue;
+    const auto [i, n] = *numbered;
+    if (total >= 0 && n != total) {
+      return Status::InvalidInput("'" + dir + "' holds shards of two numberings: " + Quoted(first) + " and " +
+                                  Quoted(name) + " (without " + std::string(kIndexName) + ")");
+    }
+    total = n;
+    if (first.empty()) first = name;
+    present.insert(i);
+  }
+  if (total < 0) return Status::Ok();
+  for (int64_t i = 1; i <= total; ++i) {
+    if (present.count(i)) continue;
+    auto padded = [](int64_t v) {
+      std::string digits = std::to_string(v);
+      return std::string(digits.size() < 5 ? 5 - digits.size() : 0, '0') + digits;
+    };
+    const std::string missing = "model-" + padded(i) + "-of-" + padded(total) + ".safetensors";
+    return Status::InvalidInput("'" + dir + "' has " + Quoted(first) + " but no " + Quoted(missing) + ": shard " +
+                                std::to_string(i) + " of " + std::to_string(total) +
+                                " is missing (incomplete download?)");
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
 Result<Inventory> Inventory::Open(const std::string& dir) {
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) {
@@ -246,6 +305,7 @@ Result<Inventory> Inventory::Open(const std::string& dir) {
                                       : !model_shards.empty() ? model_shards
                                                               : all;
     if (chosen.empty()) return Status::InvalidInput("no *.safetensors files in '" + dir + "'");
+    STQ_RETURN_IF_ERROR(CheckNumberedShardsComplete(dir, model_shards));
     for (const std::string& name : chosen) STQ_RETURN_IF_ERROR(inv.AddShard(name, Join(dir, name)));
   }
   if (inv.tensors_.empty()) return Status::InvalidInput("no tensors in the safetensors files of '" + dir + "'");
@@ -260,6 +320,7 @@ std::string_view SourceKindName(SourceKind kind) {
     case SourceKind::kMlx: return "mlx";
     case SourceKind::kModelOptNvfp4: return "modelopt-nvfp4";
     case SourceKind::kCompressedTensors: return "compressed-tensors";
+    case SourceKind::kCompressedTensorsFp8: return "compressed-tensors-fp8";
     case SourceKind::kGptOssMxfp4: return "gpt-oss-mxfp4";
   }
   return "unknown";
@@ -315,6 +376,33 @@ bool HasDType(const Inventory& inv, const std::string& name, DType dtype) {
   return info != nullptr && info->dtype == dtype;
 }
 
+// A compressed-tensors config whose every group (or, without groups, the block itself) has the
+// format "float-quantized": the weight strategies of its groups ("channel", "tensor, channel"),
+// else nullopt.
+std::optional<std::string> FloatQuantizedStrategies(const json& config) {
+  for (const json* block : QuantBlocks(config)) {
+    if (Lower(StringMember(*block, "quant_method")) != "compressed-tensors") continue;
+    const std::string block_format = StringMember(*block, "format");
+    const json* groups = ObjectMember(*block, "config_groups");
+    if (groups == nullptr || !groups->is_object() || groups->empty()) {
+      return block_format == "float-quantized" ? std::optional<std::string>("unknown") : std::nullopt;
+    }
+    std::set<std::string> strategies;
+    for (const auto& [key, group] : groups->items()) {
+      if (!group.is_object()) return std::nullopt;
+      const std::string format = StringMember(group, "format");
+      if ((format.empty() ? block_format : format) != "float-quantized") return std::nullopt;
+      const json* weights = ObjectMember(group, "weights");
+      const std::string strategy = weights && weights->is_object() ? StringMember(*weights, "strategy") : "";
+      strategies.insert(strategy.empty() ? "unknown" : strategy);
+    }
+    std::string list;
+    for (const std::string& s : strategies) list += (list.empty() ? "" : ", ") + s;
+    return list;
+  }
+  return std::nullopt;
+}
+
 }  // namespace
 
 Classification Classify(const Inventory& inv) {
@@ -356,6 +444,13 @@ Classification Classify(const Inventory& inv) {
 
   if (blocks > 0) {
     return {SourceKind::kGptOssMxfp4, std::to_string(blocks) + " MXFP4 *_blocks tensors with E8M0 *_scales"};
+  }
+  if (quant_method == "compressed-tensors" && packed == 0 && fp8 > 0) {
+    if (const std::optional<std::string> strategies = FloatQuantizedStrategies(config)) {
+      return {SourceKind::kCompressedTensorsFp8,
+              "float-quantized FP8 (strategy " + *strategies + "), " + std::to_string(fp8_scaled) + " of " +
+                  std::to_string(fp8) + " F8_E4M3 weights with a weight_scale companion"};
+    }
   }
   if (quant_method == "compressed-tensors" || packed > 0) {
     std::string detail = "format " + (quant_format.empty() ? std::string("unknown") : quant_format);

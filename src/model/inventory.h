@@ -8,7 +8,9 @@
 //                                    of an indexed shard must be indexed
 //   *.safetensors                    without an index: model.safetensors alone, or the
 //                                    model-*.safetensors shards, or else every *.safetensors file
-//                                    (model.safetensors beside model-*.safetensors is ambiguous)
+//                                    (model.safetensors beside model-*.safetensors is ambiguous);
+//                                    shards named model-<i>-of-<N>.safetensors must be all N of
+//                                    one N (a missing one is an incomplete download)
 //   hf_quant_config.json             optional (NVIDIA ModelOpt)
 // Shards may be symlinks (the HF cache's snapshots/<rev>/x.safetensors -> ../../blobs/<hash>).
 //
@@ -113,10 +115,15 @@ enum class SourceKind {
   kMlx,                // MLX-quantized: U32 *.weight + *.scales [+ *.biases]
   kModelOptNvfp4,      // NVIDIA ModelOpt NVFP4: U8 *.weight + F8_E4M3 *.weight_scale + *.weight_scale_2
   kCompressedTensors,  // config quantization_config.quant_method == "compressed-tensors"
+  // compressed-tensors float-quantized (llm-compressor FP8_DYNAMIC / W8A8-FP8): F8_E4M3 *.weight
+  // + *.weight_scale per tensor, channel, group or block; every config group float-quantized.
+  // Read like block FP8: decoded to the model's float dtype, then quantized as a float source.
+  kCompressedTensorsFp8,
   kGptOssMxfp4,        // OpenAI gpt-oss: *_blocks + *_scales
 };
 
-// "float", "block-fp8", "mlx", "modelopt-nvfp4", "compressed-tensors", "gpt-oss-mxfp4".
+// "float", "block-fp8", "mlx", "modelopt-nvfp4", "compressed-tensors", "compressed-tensors-fp8",
+// "gpt-oss-mxfp4".
 std::string_view SourceKindName(SourceKind kind);
 
 struct Classification {
@@ -125,7 +132,8 @@ struct Classification {
 };
 
 // Precedence (first match wins): gpt-oss *_blocks/*_scales pairs; compressed-tensors (config, or
-// a *.weight_packed tensor); ModelOpt NVFP4 (hf_quant_config.json quant_algo NVFP4, config
+// a *.weight_packed tensor; compressed-tensors-fp8 when there is no *.weight_packed, an F8_E4M3
+// *.weight, and every config group's format is float-quantized); ModelOpt NVFP4 (hf_quant_config.json quant_algo NVFP4, config
 // quant_method modelopt, or a U8 *.weight with an F8_E4M3 *.weight_scale); MLX (a *.scales
 // tensor beside a U32 *.weight, or a config "quantization" block); block FP8 (an F8_E4M3
 // *.weight); float.

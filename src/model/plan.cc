@@ -13,6 +13,7 @@
 #include "model/arch.h"
 #include "model/arch_table.h"
 #include "model/copied_files.h"
+#include "model/fp8_source.h"
 #include "model/inventory.h"
 #include "model/json_util.h"
 #include "model/ollama_policy.h"
@@ -251,7 +252,8 @@ Result<const model::ArchEntry*> ChooseArchitecture(const ConvertOptions& options
 
 // The source tensors the plan works on (block-FP8 scale companions and, for the mlx layout,
 // static activation scales are consumed, not outputs), after the FP8 checks.
-Result<std::vector<model::SourceHeader>> SourceTensors(const ConvertOptions& options, const Inventory& inv) {
+Result<std::vector<model::SourceHeader>> SourceTensors(const ConvertOptions& options, const Inventory& inv,
+                                                       SourceKind kind) {
   std::set<std::string> companions;
   for (const std::string& name : inv.names()) {
     const TensorInfo* info = inv.FindInfo(name);
@@ -274,6 +276,8 @@ Result<std::vector<model::SourceHeader>> SourceTensors(const ConvertOptions& opt
     if (companions.count(name)) continue;
     // FP8 activation scales: static-activation inference only (ollama imports every tensor).
     if (options.layout == OutputLayout::kMlx && EndsWith(name, ".input_scale")) continue;
+    // Not a format ollama imports: its calibration scales go in both layouts.
+    if (kind == SourceKind::kCompressedTensorsFp8 && model::IsCalibrationScale(name)) continue;
     const TensorInfo* info = inv.FindInfo(name);
     out.push_back({name, info->dtype, info->shape});
   }
@@ -351,10 +355,13 @@ Result<std::vector<model::RuleTensor>> OllamaTensors(const ConvertOptions& optio
   return out;
 }
 
-// A rule tensor's values: its sources (with FP8 scales, checked), transform and dtype. `cast_to`:
-// mlx_lm.convert's cast to the config dtype, except for `keep_dtype` names.
-Result<PlannedTensor> PlanValues(const ConvertOptions& options, const Inventory& inv, model::RuleTensor rt,
-                                 const std::optional<DType>& cast_to, const std::vector<model::TableRegex>& keep_dtype) {
+// A rule tensor's values: its sources (with FP8 scales, checked), transform and dtype. FP8
+// weights are decoded to `fp8_dtype` (BF16 for block FP8, as mlx-lm and ollama do; the model's
+// dtype for compressed-tensors float-quantized). `cast_to`: mlx_lm.convert's cast to the config
+// dtype, except for `keep_dtype` names.
+Result<PlannedTensor> PlanValues(const ConvertOptions& options, const Inventory& inv, SourceKind kind, DType fp8_dtype,
+                                 model::RuleTensor rt, const std::optional<DType>& cast_to,
+                                 const std::vector<model::TableRegex>& keep_dtype) {
   PlannedTensor t;
   t.name = std::move(rt.name);
   t.shape = std::move(rt.shape);
@@ -372,27 +379,15 @@ Result<PlannedTensor> PlanValues(const ConvertOptions& options, const Inventory&
     const TensorInfo* info = inv.FindInfo(piece.tensor);
     if (info->dtype == DType::kF8E4M3) {
       piece.fp8_scale = Fp8ScaleName(inv, piece.tensor);
-      // 2-D weights, or 3-D pre-stacked experts with one [E, sr, sc] scale (ollama-create-spec §6.6).
-      if (info->shape.size() != 2 && info->shape.size() != 3) {
-        return Status::Unsupported(fmt::format("{}: F8_E4M3 tensor '{}' has rank {}; block-FP8 weights must be 2-D or 3-D",
-                                               options.source_dir, P(info->name), info->shape.size()));
-      }
-      const TensorInfo* sc = inv.FindInfo(piece.fp8_scale);
-      std::vector<int64_t> want(info->shape.begin(), info->shape.end() - 2);
-      want.push_back((info->shape[info->shape.size() - 2] + kFp8BlockSize - 1) / kFp8BlockSize);
-      want.push_back((info->shape.back() + kFp8BlockSize - 1) / kFp8BlockSize);
-      if (sc->shape != want || (sc->dtype != DType::kF32 && sc->dtype != DType::kBF16)) {
-        return Status::InvalidInput(fmt::format(
-            "{}: tensor '{}': unexpected fp8 scale '{}' {} [{}] for weight shape [{}]; want F32 or BF16 [{}]",
-            options.source_dir, P(piece.tensor), P(sc->name), DTypeName(sc->dtype), fmt::join(sc->shape, ", "),
-            fmt::join(info->shape, ", "), fmt::join(want, ", ")));
-      }
+      // 2-D weights, or 3-D pre-stacked experts with their own scales (ollama-create-spec §6.6).
+      STQ_ASSIGN_OR_RETURN(piece.fp8_block, model::Fp8ScaleBlock(inv, kind, *info, *inv.FindInfo(piece.fp8_scale)));
+      piece.fp8_dtype = fp8_dtype;
     }
     t.sources.push_back(std::move(piece));
   }
   if (t.source_dtype == DType::kF8E4M3) {
     t.transform = TensorTransform::kDecodeFp8;
-    t.dtype = DType::kBF16;
+    t.dtype = fp8_dtype;
   } else {
     t.dtype = t.source_dtype;
   }
@@ -628,8 +623,11 @@ Result<PlanContext> BuildPlan(const ConvertOptions& options, bool draft) {
   ConversionPlan& plan = context.plan;
 
   const Classification kind = Classify(inv);
-  const bool prequant = kind.kind != SourceKind::kFloat && kind.kind != SourceKind::kBlockFp8;
+  // Decoded FP8 sources (E4M3 x scale) are planned as float ones.
+  const bool decoded_fp8 = kind.kind == SourceKind::kBlockFp8 || kind.kind == SourceKind::kCompressedTensorsFp8;
+  const bool prequant = kind.kind != SourceKind::kFloat && !decoded_fp8;
   if (!prequant) STQ_RETURN_IF_ERROR(CheckNoUnknownQuantization(inv));
+  if (kind.kind == SourceKind::kCompressedTensorsFp8) STQ_RETURN_IF_ERROR(CheckFloatQuantizedConfig(inv));
   plan.source_kind = std::string(SourceKindName(kind.kind));
   STQ_RETURN_IF_ERROR(CheckLayoutOptions(options, inv, kind));
   const bool ollama_layout = options.layout == OutputLayout::kOllama;
@@ -662,7 +660,7 @@ Result<PlanContext> BuildPlan(const ConvertOptions& options, bool draft) {
 
   // 1. Which source tensors make which output tensor: mlx-lm's sanitize (the table's rules), or
   // ollama's expert groups.
-  STQ_ASSIGN_OR_RETURN(std::vector<SourceHeader> sources, SourceTensors(options, inv));
+  STQ_ASSIGN_OR_RETURN(std::vector<SourceHeader> sources, SourceTensors(options, inv, kind.kind));
   std::map<std::string, std::string> expert_group;  // ollama: stacked name -> group prefix
   // What mlx-lm's ModelArgs read: the config as stquant writes it (transformers-5 fields added).
   const nlohmann::json args_config = NormalizeConfigForMlxLm(inv.config(), nullptr);
@@ -678,14 +676,17 @@ Result<PlanContext> BuildPlan(const ConvertOptions& options, bool draft) {
   // 2. Each output tensor's values: sources, transform, dtype. mlx_lm.convert casts to the config
   // dtype (but the names the model's cast_predicate excludes); ollama never casts a kept tensor.
   const std::optional<DType> cast_to = ollama_policy ? std::nullopt : ConversionDType(options, inv.config());
+  const DType fp8_dtype =
+      kind.kind == SourceKind::kCompressedTensorsFp8 ? DequantizedDType(inv.config()) : DType::kBF16;
   static const std::vector<TableRegex> kNoRegexes;
   for (RuleTensor& rt : rule_tensors) {
-    STQ_ASSIGN_OR_RETURN(PlannedTensor t, PlanValues(options, inv, std::move(rt), cast_to, arch ? arch->keep_dtype : kNoRegexes));
+    STQ_ASSIGN_OR_RETURN(PlannedTensor t, PlanValues(options, inv, kind.kind, fp8_dtype, std::move(rt), cast_to,
+                                                     arch ? arch->keep_dtype : kNoRegexes));
     plan.tensors.push_back(std::move(t));
   }
 
   // 3. Quantization. The ollama policy converts block-FP8 sources to mxfp8 by default.
-  const bool fp8_default = ollama_policy && !options.quant && kind.kind == SourceKind::kBlockFp8;
+  const bool fp8_default = ollama_policy && !options.quant && decoded_fp8;
   std::optional<QuantSpec> requested = options.quant;
   if (fp8_default) {
     requested = *OllamaTypeSpec("mxfp8");

@@ -1,6 +1,7 @@
 #include "model/prequant.h"
 
 #include <algorithm>
+#include <functional>
 #include <map>
 #include <set>
 
@@ -9,8 +10,10 @@
 
 #include "model/arch.h"
 #include "model/copied_files.h"
+#include "model/fp8_source.h"
 #include "model/json_util.h"
 #include "model/ollama_policy.h"
+#include "model/tensor_view.h"
 #include "safetensors/format.h"
 
 namespace stquant::model {
@@ -80,9 +83,22 @@ bool IsScalarF32(const TensorInfo* info) {
   return info != nullptr && info->dtype == DType::kF32 && Elements(info->shape) == 1 && info->shape.size() <= 1;
 }
 
+// A compressed-tensors block with a float-quantized (FP8) group, or of that format itself.
+bool HasFloatQuantizedGroup(const json& block) {
+  const std::string format = JsonString(block, "format");
+  if (format == "float-quantized") return true;
+  const auto groups = block.find("config_groups");
+  if (groups == block.end() || !groups->is_object()) return false;
+  return std::any_of(groups->begin(), groups->end(),
+                     [&](const json& g) { return JsonString(g, "format", format) == "float-quantized"; });
+}
+
 // Which quantization formats a checkpoint's tensors show, each with one example tensor.
 std::map<std::string, std::string> FormatEvidence(const Inventory& inv) {
   std::map<std::string, std::string> found;
+  // FP8 weights of a compressed-tensors checkpoint with float-quantized groups are its own.
+  const json* ct = CompressedTensorsBlock(inv.config());
+  const bool ct_float = ct != nullptr && HasFloatQuantizedGroup(*ct);
   auto add = [&](const char* format, const std::string& name) { found.try_emplace(format, name); };
   for (const std::string& name : inv.names()) {
     if (EndsWith(name, ".scales") && Is(inv, Strip(name, ".scales") + ".weight", DType::kU32)) add("mlx", name);
@@ -94,7 +110,9 @@ std::map<std::string, std::string> FormatEvidence(const Inventory& inv) {
     if (EndsWith(name, "_blocks") && inv.FindInfo(Strip(name, "_blocks") + "_scales") != nullptr) {
       add("gpt-oss-mxfp4", name);
     }
-    if (EndsWith(name, ".weight") && Is(inv, name, DType::kF8E4M3)) add("block-fp8", name);
+    if (EndsWith(name, ".weight") && Is(inv, name, DType::kF8E4M3)) {
+      add(ct_float ? "compressed-tensors" : "block-fp8", name);
+    }
     if (EndsWith(name, ".qweight")) add("gptq/awq", name);
   }
   return found;
@@ -132,7 +150,8 @@ struct Builder {
     t.bytes = Bytes(t.dtype, t.shape);
     for (const std::string& s : t.sources) t.source_bytes += inv.FindInfo(s)->nbytes();
     for (const std::string& s : t.aux) {
-      if (!s.empty() && t.op == PrequantOp::kAffineBias) t.source_bytes += inv.FindInfo(s)->nbytes();
+      const bool read = t.op == PrequantOp::kAffineBias || t.op == PrequantOp::kDecodeFp8;
+      if (!s.empty() && read) t.source_bytes += inv.FindInfo(s)->nbytes();
     }
     plan.input_bytes += t.source_bytes;
     plan.output_bytes += t.bytes;
@@ -173,8 +192,10 @@ struct Builder {
     return groups;
   }
 
-  // Pass-through tensors (one source each), stacked when per-expert.
-  Status AddPassThrough(const std::vector<std::string>& names) {
+  // Pass-through tensors (one source each), stacked when per-expert; `finish` (optional) completes
+  // each before it is added.
+  Status AddPassThrough(const std::vector<std::string>& names,
+                        const std::function<Status(PrequantTensor&)>& finish = nullptr) {
     std::vector<std::pair<std::string, std::string>> items;
     for (const std::string& n : names) items.emplace_back(n, n);
     STQ_ASSIGN_OR_RETURN(auto groups, Group(std::move(items), ""));
@@ -195,6 +216,7 @@ struct Builder {
       t.dtype = first->dtype;
       t.shape = first->shape;
       if (group.begin()->first >= 0) t.shape.insert(t.shape.begin(), static_cast<int64_t>(group.size()));
+      if (finish) STQ_RETURN_IF_ERROR(finish(t));
       Add(std::move(t));
     }
     return Status::Ok();
@@ -442,7 +464,7 @@ Status PlanCompressedTensors(Builder& b) {
     return Status::InvalidInput(fmt::format(
         "{}: compressed-tensors tensors (*.weight_packed) without a config.json quantization_config", b.where));
   }
-  std::string format = JsonString(*block, "format");
+  const std::string format = JsonString(*block, "format");
   // Per-group weight arguments (num_bits, symmetric, strategy, group_size) and format.
   struct Args {
     std::string format;
@@ -460,9 +482,10 @@ Status PlanCompressedTensors(Builder& b) {
       if (auto w = g.find("weights"); w != g.end() && w->is_object()) {
         a.bits = JsonInt(*w, "num_bits", 0);
         a.symmetric = JsonBool(*w, "symmetric", true);
-        a.strategy = (*w)["strategy"].is_string() ? (*w)["strategy"].get<std::string>() : "";
-        a.type = (*w)["type"].is_string() ? (*w)["type"].get<std::string>() : "";
-        a.group_size = (*w)["group_size"].is_number_integer() ? (*w)["group_size"].get<int>() : 0;
+        // JsonString / JsonInt: a const json's operator[] must not meet a missing key.
+        a.strategy = JsonString(*w, "strategy");
+        a.type = JsonString(*w, "type");
+        a.group_size = static_cast<int>(JsonInt(*w, "group_size", 0));
         if (w->value("actorder", json()).is_string()) {
           return Status::Unsupported(fmt::format("{}: compressed-tensors group '{}' uses activation ordering (actorder); "
                                                  "MLX groups are contiguous, so it cannot be imported",
@@ -472,25 +495,26 @@ Status PlanCompressedTensors(Builder& b) {
       groups.push_back(a);
     }
   }
-  if (format.empty() && !groups.empty()) format = groups.front().format;
-  for (const Args& a : groups) {
-    if (a.format != format) {
-      return Status::Unsupported(fmt::format("{}: compressed-tensors config mixes formats '{}' and '{}'", b.where,
-                                             P(format), P(a.format)));
-    }
-  }
+  // The formats of the groups: one, or several in a "mixed-precision" container, each layer
+  // reading as the group its tensors fit.
+  std::set<std::string> formats;
+  for (const Args& a : groups) formats.insert(a.format);
+  if (formats.empty()) formats.insert(format);
   const std::string first_packed = [&] {
     for (const std::string& n : inv.names()) {
       if (EndsWith(n, ".weight_packed")) return n;
     }
     return std::string();
   }();
-  if (format != "nvfp4-pack-quantized" && format != "pack-quantized") {
+  for (const std::string& f : formats) {
+    if (f == "nvfp4-pack-quantized" || f == "pack-quantized" || f == "float-quantized") continue;
     return Status::Unsupported(fmt::format(
-        "{}: compressed-tensors format '{}' (tensor '{}') is not supported: stquant imports nvfp4-pack-quantized and "
-        "pack-quantized (int2/4/8); dequantize to bf16 first",
-        b.where, P(format.empty() ? "(none)" : format), P(first_packed)));
+        "{}: compressed-tensors format '{}' (tensor '{}') is not supported: stquant imports nvfp4-pack-quantized, "
+        "pack-quantized (int2/4/8) and float-quantized (FP8), also as the groups of a mixed-precision container; "
+        "dequantize to bf16 first",
+        b.where, P(f.empty() ? "(none)" : f), P(first_packed)));
   }
+  const bool has_nvfp4 = formats.count("nvfp4-pack-quantized") > 0, has_int = formats.count("pack-quantized") > 0;
   std::set<std::string> consumed;
   std::vector<SourceLayer> layers;
   for (const std::string& name : inv.names()) {
@@ -501,7 +525,8 @@ Status PlanCompressedTensors(Builder& b) {
                                              "ordering); MLX groups are contiguous, so it cannot be imported",
                                              b.where, P(base), P(base)));
     }
-    if (format == "nvfp4-pack-quantized") {
+    // NVFP4 layers carry a global scale; pack-quantized ones do not.
+    if (has_nvfp4 && (!has_int || inv.FindInfo(base + ".weight_global_scale") != nullptr)) {
       STQ_ASSIGN_OR_RETURN(SourceLayer l, Nvfp4Layer(inv, b.where, base, name, base + ".weight_scale",
                                                      base + ".weight_global_scale", true,
                                                      "compressed-tensors nvfp4-pack-quantized"));
@@ -524,7 +549,7 @@ Status PlanCompressedTensors(Builder& b) {
     }
     std::optional<Args> chosen;
     for (const Args& a : groups) {
-      if (a.bits != 2 && a.bits != 4 && a.bits != 8) continue;
+      if (a.format != "pack-quantized" || (a.bits != 2 && a.bits != 4 && a.bits != 8)) continue;
       const int64_t in = w->shape[1] * 32 / a.bits;
       const int64_t gs = a.strategy == "channel" ? in : a.group_size;
       if (gs > 0 && in % gs == 0 && in / gs == s->shape[1]) {
@@ -577,13 +602,42 @@ Status PlanCompressedTensors(Builder& b) {
     layers.push_back(std::move(l));
   }
   if (layers.empty()) return Status::InvalidInput(fmt::format("{}: compressed-tensors checkpoint without *.weight_packed", b.where));
-  if (format == "nvfp4-pack-quantized") {
-    b.plan.format = "compressed-tensors nvfp4-pack-quantized";
-  } else {
-    b.plan.format = fmt::format("compressed-tensors pack-quantized int{} (group {}, {})", layers.front().spec.bits,
-                                layers.front().spec.group_size,
-                                layers.front().zero_point.empty() ? "symmetric" : "asymmetric");
+  // The float-quantized (FP8) layers of a mixed-precision container: decoded to the model's dtype
+  // (E4M3 x scale, as a compressed-tensors-fp8 source), float tensors of the output.
+  std::vector<std::string> fp8;
+  for (const std::string& name : inv.names()) {
+    if (!EndsWith(name, ".weight") || !Is(inv, name, DType::kF8E4M3) || !formats.count("float-quantized")) continue;
+    if (!inv.FindInfo(name + "_scale")) {
+      return Status::InvalidInput(fmt::format("{}: compressed-tensors float-quantized tensor '{}' has no '{}_scale'",
+                                              b.where, P(name), P(name)));
+    }
+    fp8.push_back(name);
+    consumed.insert({name, name + "_scale"});
   }
+  const DType fp8_dtype = DequantizedDType(inv.config());
+  STQ_RETURN_IF_ERROR(b.AddPassThrough(fp8, [&](PrequantTensor& t) -> Status {
+    for (const std::string& source : t.sources) {
+      STQ_ASSIGN_OR_RETURN(const Fp8Block block, Fp8ScaleBlock(inv, SourceKind::kCompressedTensorsFp8,
+                                                               *inv.FindInfo(source), *inv.FindInfo(source + "_scale")));
+      t.fp8_blocks.push_back(block);
+      t.aux.push_back(source + "_scale");
+    }
+    t.op = PrequantOp::kDecodeFp8;
+    t.dtype = fp8_dtype;
+    return Status::Ok();
+  }));
+  // "compressed-tensors pack-quantized int4 (group 64, symmetric)"; a mixed-precision container
+  // lists what its layers are.
+  std::set<std::string> kinds;
+  if (!fp8.empty()) kinds.insert("float-quantized FP8 (decoded)");
+  for (const SourceLayer& l : layers) {
+    kinds.insert(l.spec.mode == QuantMode::kNvfp4
+                     ? std::string("nvfp4-pack-quantized")
+                     : fmt::format("pack-quantized int{} (group {}, {})", l.spec.bits, l.spec.group_size,
+                                   l.zero_point.empty() ? "symmetric" : "asymmetric"));
+  }
+  b.plan.format = kinds.size() == 1 ? "compressed-tensors " + *kinds.begin()
+                                    : fmt::format("compressed-tensors mixed-precision ({})", fmt::join(kinds, ", "));
   std::vector<std::string> rest;
   for (const std::string& name : inv.names()) {
     if (consumed.count(name) || IsActivationScale(name)) continue;
@@ -775,6 +829,32 @@ std::string OllamaPrequantName(const PrequantTensor& t) {
   return t.name;
 }
 
+// The view of one source of t: the whole tensor, or one [1, ...] piece of a stack.
+TensorView SourceView(const PrequantTensor& t) {
+  if (t.sources.size() <= 1 || t.shape.empty()) return ContiguousView(t.shape);
+  return UnsqueezeView(ContiguousView({t.shape.begin() + 1, t.shape.end()}));
+}
+
+PlannedTensor DecodedFp8Tensor(const PrequantTensor& t, std::string name) {
+  PlannedTensor p;
+  p.name = std::move(name);
+  for (size_t i = 0; i < t.sources.size(); ++i) {
+    PlannedSource source;
+    source.tensor = t.sources[i];
+    source.fp8_scale = t.aux[i];
+    source.fp8_block = t.fp8_blocks[i];
+    source.fp8_dtype = t.dtype;
+    source.view = SourceView(t);
+    p.sources.push_back(std::move(source));
+  }
+  p.transform = TensorTransform::kDecodeFp8;
+  p.source_dtype = DType::kF8E4M3;
+  p.dtype = t.dtype;
+  p.shape = t.shape;
+  p.output_bytes = PlannedOutputBytes(p);
+  return p;
+}
+
 Result<std::vector<OllamaPrequantBlob>> OllamaPrequantBlobs(const PrequantPlan& plan, const std::string& where,
                                                             bool requantize) {
   std::map<std::string, OllamaPrequantBlob> blobs;
@@ -883,7 +963,12 @@ Status PlanPrequantConversion(const ConvertOptions& options, const Classificatio
   auto planned = [&](const PrequantTensor& t, std::string name) {
     PlannedTensor p;
     p.name = std::move(name);
-    for (const std::string& s : t.sources) p.sources.push_back({s, ""});
+    for (const std::string& s : t.sources) {
+      PlannedSource source;
+      source.tensor = s;
+      source.view = SourceView(t);
+      p.sources.push_back(std::move(source));
+    }
     p.source_dtype = inv.FindInfo(t.sources.front())->dtype;
     p.dtype = t.dtype;
     p.shape = t.shape;
@@ -913,7 +998,15 @@ Status PlanPrequantConversion(const ConvertOptions& options, const Classificatio
         continue;
       }
       for (size_t i : blob.tensors) {
-        PlannedTensor p = planned(pq.tensors[i], OllamaPrequantName(pq.tensors[i]));
+        const PrequantTensor& t = pq.tensors[i];
+        PlannedTensor p = planned(t, OllamaPrequantName(t));
+        if (t.op == PrequantOp::kDecodeFp8) {
+          // Decoded FP8 weights take the type ollama's policy gives them, mxfp8 by default (as block
+          // FP8 sources).
+          p = DecodedFp8Tensor(t, OllamaPrequantName(t));
+          p.quant = OllamaTypeSpec(policy->Type(p.name, p.shape, options.quant ? OllamaTypeOf(*options.quant) : "mxfp8"));
+          if (p.quant) p.quant->profile = options.profile;
+        }
         p.blob = blob.name;
         plan.tensors.push_back(std::move(p));
       }
@@ -921,7 +1014,11 @@ Status PlanPrequantConversion(const ConvertOptions& options, const Classificatio
   }
   for (const PrequantTensor& t : pq.tensors) {
     if (ollama) break;
-    if (!rewrite || t.layer.empty()) {
+    if (t.op == PrequantOp::kDecodeFp8) {
+      PlannedTensor p = DecodedFp8Tensor(t, t.name);
+      if (options.quant && p.shape.back() % options.quant->group_size == 0) p.quant = options.quant;
+      plan.tensors.push_back(std::move(p));
+    } else if (!rewrite || t.layer.empty()) {
       plan.tensors.push_back(planned(t, t.name));
     } else if (t.role == PrequantRole::kWeight) {
       PlannedTensor p = dequantized(t, t.name);

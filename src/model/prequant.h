@@ -24,6 +24,7 @@
 #include "model/ollama_policy.h"
 #include "model/plan_internal.h"
 #include "stquant/convert.h"
+#include "stquant/fp8_block.h"
 #include "stquant/quant_spec.h"
 #include "stquant/status.h"
 
@@ -46,6 +47,9 @@ enum class PrequantOp {
   kAffineBias,     // MLX affine bias -(2^(bits-1) + zero_point) * scale in the scale dtype, from the
                    // scale tensor (sources) and the zero point packed along dim 0 (aux, empty when
                    // symmetric); a bias not exactly representable is an error
+  kDecodeFp8,      // an F8_E4M3 weight times its scale (aux, one per source, covering fp8_blocks),
+                   // rounded to `dtype`: the float-quantized layers of a compressed-tensors
+                   // mixed-precision container, decoded as model/fp8_source.h (a float tensor)
 };
 
 // What an output tensor is to the layer it belongs to.
@@ -64,6 +68,7 @@ struct PrequantTensor {
   int axis = 0;                  // kSelectRows
   int64_t stride = 1, offset = 0;
   int bits = 0;  // kAffineBias
+  std::vector<Fp8Block> fp8_blocks;  // kDecodeFp8: what one scale covers, per source
   uint64_t bytes = 0;
   uint64_t source_bytes = 0;
 };
@@ -109,6 +114,10 @@ struct OllamaPrequantBlob {
 
 // A plan tensor's name in the ollama layout.
 std::string OllamaPrequantName(const PrequantTensor& tensor);
+
+// A kDecodeFp8 tensor as the planned float tensor that output::PlannedRows reads (transform
+// kDecodeFp8, sources with their scales), named `name`, unquantized.
+PlannedTensor DecodedFp8Tensor(const PrequantTensor& tensor, std::string name);
 
 // The blobs of a kRaw plan, sorted by name. Errors (InvalidInput / Unsupported, naming `where` and
 // the layer or tensor): a layer type ollama's runtime has no name for (affine with bits other

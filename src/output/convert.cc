@@ -15,6 +15,7 @@
 #include "output/mlx_files.h"
 #include "output/output_dir.h"
 #include "output/planned_rows.h"
+#include "output/preflight.h"
 #include "output/prequant_write.h"
 #include "output/read_ahead.h"
 #include "output/tensor_stream.h"
@@ -98,8 +99,12 @@ nlohmann::json QuantParams(const QuantSpec& spec, bool with_mode) {
 
 Result<std::string> OutputConfig(const Inventory& inv, const ConversionPlan& plan) {
   STQ_ASSIGN_OR_RETURN(nlohmann::json config, output::MlxConfigBase(inv, plan.copied_files));
-  // The source's FP8 block quantization is decoded away.
-  if (plan.source_kind == "block-fp8") config.erase("quantization_config");
+  // The source's FP8 quantization is decoded away (mlx-lm refuses compressed-tensors
+  // float-quantized configs).
+  if (plan.source_kind == "block-fp8" || plan.source_kind == "compressed-tensors-fp8") {
+    config.erase("quantization_config");
+    config.erase("compression_config");
+  }
   if (plan.default_quant) {
     nlohmann::json quantization = QuantParams(*plan.default_quant, true);
     for (const PlannedTensor& t : plan.tensors) {
@@ -135,6 +140,7 @@ Result<ConvertSummary> Convert(const ConvertOptions& options,
   if (options.layout == OutputLayout::kOllama) return output::ConvertToOllamaStore(options, progress);
   const auto start = std::chrono::steady_clock::now();
   STQ_ASSIGN_OR_RETURN(model::PlanContext context, model::BuildPlan(options));
+  STQ_RETURN_IF_ERROR(output::Preflight(options, &context, output::ProjectMlxOutput(options, context)));
   if (context.prequant) return output::ConvertPrequantMlx(options, context, progress);  // already quantized
   const Inventory& inv = *context.inventory;
   const ConversionPlan& plan = context.plan;

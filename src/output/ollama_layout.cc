@@ -18,6 +18,7 @@
 #include "model/prequant.h"
 #include "output/ollama_store.h"
 #include "output/planned_rows.h"
+#include "output/preflight.h"
 #include "output/prequant_write.h"
 #include "output/tensor_stream.h"
 #include "util/input_file.h"
@@ -196,6 +197,13 @@ Status WritePrequantBlobs(BlobQueue& blobs, const model::PlanContext& context, c
     std::vector<const model::PrequantTensor*> tensors;
     for (size_t i : blob.tensors) tensors.push_back(&pq.tensors[i]);
     const std::string blob_name = prefix + blob.name;
+    // A float-quantized (FP8) layer of a mixed-precision container, decoded and quantized as planned.
+    if (const auto decoded = planned.find(blob.name);
+        decoded != planned.end() && decoded->second->transform == TensorTransform::kDecodeFp8 && decoded->second->quant) {
+      auto rows_of = [&](const PlannedTensor& t) { return PlannedRows(inv, t, options.profile); };
+      STQ_RETURN_IF_ERROR(WriteTensorBlob(blobs, inv, {decoded->second}, prefix, rows_of, options, progress, summary));
+      continue;
+    }
     if (options.requantize && !blob.layer.empty()) {
       const auto layer = std::find_if(pq.layers.begin(), pq.layers.end(),
                                       [&](const model::PrequantLayer& l) { return l.path == blob.layer; });
@@ -285,13 +293,17 @@ std::string FileType(const model::PlanContext& context) {
   Result<std::vector<model::OllamaPrequantBlob>> blobs =
       model::OllamaPrequantBlobs(*context.prequant, context.inventory->path(), /*requantize=*/false);
   if (!blobs.ok()) return "";  // not reached: the plan checked the same blobs
-  std::string type;
+  std::vector<std::string> types;  // of the layer blobs, and of decoded FP8 weights
   for (const model::OllamaPrequantBlob& blob : *blobs) {
-    if (blob.metadata.empty()) continue;
-    if (!type.empty() && type != blob.metadata.at("quant_type")) return "";
-    type = blob.metadata.at("quant_type");
+    if (!blob.metadata.empty()) types.push_back(blob.metadata.at("quant_type"));
   }
-  return type;
+  for (const PlannedTensor& t : context.plan.tensors) {
+    if (t.transform == TensorTransform::kDecodeFp8 && t.quant) types.push_back(model::OllamaTypeOf(*t.quant));
+  }
+  if (types.empty() || std::any_of(types.begin(), types.end(), [&](const std::string& t) { return t != types[0]; })) {
+    return "";
+  }
+  return types.front();
 }
 
 uint64_t PeakRss() {
@@ -493,6 +505,12 @@ Result<ConvertSummary> ConvertToOllamaStore(const ConvertOptions& given,
   const model::OllamaModelfile& modelfile = im.modelfile;
   const OllamaName& name = im.name;
   std::optional<model::PlanContext>& draft = im.draft;
+  const uint64_t modelfile_bytes = modelfile.template_text.size() + modelfile.system.size() +
+                                   modelfile.license.size() + modelfile.parameters.dump().size();
+  const model::PlanContext* planned = im.context ? &*im.context : nullptr;
+  STQ_RETURN_IF_ERROR(Preflight(options, planned,
+                                ProjectOllamaOutput(options, im.root, planned, draft ? &*draft : nullptr, modelfile_bytes),
+                                {im.root + "/blobs", im.root + "/manifests"}));
   STQ_ASSIGN_OR_RETURN(OllamaStore store, OllamaStore::Open(im.root));
 
   ConvertSummary summary;

@@ -1,6 +1,7 @@
 #include "output/ollama_store.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -25,7 +26,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-constexpr std::string_view kTempPrefix = ".stquant-tmp-";
+constexpr std::string_view kTempPrefix = kOllamaTempPrefix;
 
 bool NamePartOk(std::string_view part, size_t max, bool allow_colon) {
   if (part.empty() || part.size() > max) return false;
@@ -156,7 +157,31 @@ Result<OllamaStore> OllamaStore::Open(const std::string& root) {
   OllamaStore store;
   STQ_ASSIGN_OR_RETURN(store.lock_, util::TempLock::Create(blobs, std::string(kTempPrefix)));
   store.root_ = root;
+  const std::string gc_lock = root + "/" + kOllamaGcLockFile;
+  store.gc_lock_.Reset(::open(gc_lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644));
+  if (!store.gc_lock_.valid()) return Status::FromErrno("create", gc_lock, errno);
+  const std::string journal = store.lock_.stem() + kOllamaJournalSuffix;
+  store.journal_.fd.Reset(::open(journal.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, 0644));
+  if (!store.journal_.fd.valid()) return Status::FromErrno("create", journal, errno);
+  store.journal_.path = journal;
   return store;
+}
+
+OllamaStore::Journal::Journal(Journal&& other) noexcept : path(std::move(other.path)), fd(std::move(other.fd)) {
+  other.path.clear();
+}
+
+OllamaStore::Journal::~Journal() {
+  if (!path.empty()) ::unlink(path.c_str());
+}
+
+Status OllamaStore::Record(const std::string& hex) {
+  const std::string line = "sha256-" + hex + "\n";
+  // O_APPEND: one write of a short line lands whole at the end.
+  if (::write(journal_.fd.get(), line.data(), line.size()) != static_cast<ssize_t>(line.size())) {
+    return Status::FromErrno("write", journal_.path, errno);
+  }
+  return Status::Ok();
 }
 
 std::string OllamaStore::BlobPath(const std::string& digest) const {
@@ -175,19 +200,30 @@ Result<OllamaLayer> OllamaStore::AddBlobFile(const std::string& temp_path, std::
   if (ec) return Status::IoError(fmt::format("stat '{}': {}", temp_path, ec.message()));
   OllamaLayer layer{std::move(media_type), "sha256:" + hex, size, std::move(name), false};
   const std::string final_path = BlobPath(hex);
-  struct stat st {};
-  if (::stat(final_path.c_str(), &st) == 0 && S_ISREG(st.st_mode) && static_cast<uint64_t>(st.st_size) == size) {
-    // Same digest, same bytes: reuse it (touch its mtime, as ollama does).
-    layer.reused = true;
-    fs::remove(temp_path, ec);
-    ::utimensat(AT_FDCWD, final_path.c_str(), nullptr, 0);
-    return layer;
-  }
-  ::chmod(temp_path.c_str(), 0644);
-  if (::rename(temp_path.c_str(), final_path.c_str()) != 0) {
-    const int err = errno;
-    fs::remove(temp_path, ec);
-    return Status::FromErrno("rename", temp_path, err);
+  // Recorded before it is reused or renamed into place, and neither while a collector scans (the
+  // directory sync comes after: the lock is held for microseconds).
+  if (!gc_lock_.valid() || !journal_.fd.valid()) return Status::Internal("OllamaStore::AddBlobFile: store opened for reading");
+  {
+    STQ_RETURN_IF_ERROR(FlockRetrying(gc_lock_.get(), LOCK_SH, root_ + "/" + kOllamaGcLockFile));
+    struct Unlock {
+      int fd;
+      ~Unlock() { ::flock(fd, LOCK_UN); }
+    } unlock{gc_lock_.get()};
+    STQ_RETURN_IF_ERROR(Record(hex));
+    struct stat st {};
+    if (::stat(final_path.c_str(), &st) == 0 && S_ISREG(st.st_mode) && static_cast<uint64_t>(st.st_size) == size) {
+      // Same digest, same bytes: reuse it (touch its mtime, as ollama does).
+      layer.reused = true;
+      fs::remove(temp_path, ec);
+      ::utimensat(AT_FDCWD, final_path.c_str(), nullptr, 0);
+      return layer;
+    }
+    ::chmod(temp_path.c_str(), 0644);
+    if (::rename(temp_path.c_str(), final_path.c_str()) != 0) {
+      const int err = errno;
+      fs::remove(temp_path, ec);
+      return Status::FromErrno("rename", temp_path, err);
+    }
   }
   STQ_RETURN_IF_ERROR(util::SyncParentDirectory(final_path));
   return layer;
@@ -286,6 +322,13 @@ Result<OllamaManifest> ParseOllamaManifest(std::string_view text, const std::str
     manifest.layers.push_back(std::move(layer));
   }
   return manifest;
+}
+
+Status FlockRetrying(int fd, int operation, const std::string& path) {
+  while (::flock(fd, operation) != 0) {
+    if (errno != EINTR) return Status::FromErrno("lock", path, errno);
+  }
+  return Status::Ok();
 }
 
 }  // namespace stquant::output

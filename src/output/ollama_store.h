@@ -11,6 +11,19 @@
 // The manifest is written last, atomically, so an interrupted import leaves no model visible;
 // temporary files whose lock nobody holds (killed processes) are removed when a store is opened,
 // never those of a concurrent import.
+//
+// Garbage collection (output/ollama_gc.h) may run while imports do. An import writes its blobs
+// before the manifest that references them, so the collector must learn of them another way:
+//   - every import keeps a journal, "blobs/.stquant-tmp-<tag>.blobs" beside its lock file, of the
+//     blobs it has added or reused ("sha256-<hex>" lines), and records a blob there before it
+//     renames it into place or decides to reuse it; the journal is removed when the store is
+//     closed (after the manifest is written), just before the lock is released;
+//   - "<root>/.stquant-gc.lock" is held shared by an import while it records and commits one blob,
+//     and exclusively by the collector while it scans and deletes. The collector lists the blobs,
+//     then reads the journals of live imports (lock held), then the manifests, and deletes what
+//     none of them names: a blob committed before its scan is in a journal it reads, and an import
+//     that finishes during the scan is seen either in its journal or in its manifest. Imports wait
+//     only for a scan (milliseconds), never the collector for an import.
 #pragma once
 
 #include <cstdint>
@@ -34,6 +47,12 @@ inline constexpr const char* kOllamaMediaLicense = "application/vnd.ollama.image
 inline constexpr const char* kOllamaMediaParams = "application/vnd.ollama.image.params";
 inline constexpr const char* kOllamaMediaConfig = "application/vnd.docker.container.image.v1+json";
 inline constexpr const char* kOllamaMediaManifest = "application/vnd.docker.distribution.manifest.v2+json";
+
+// The store's own files (see above): the collector's lock in the root, the temporaries' prefix and
+// the journal suffix in blobs/.
+inline constexpr const char* kOllamaGcLockFile = ".stquant-gc.lock";
+inline constexpr const char* kOllamaTempPrefix = ".stquant-tmp-";
+inline constexpr const char* kOllamaJournalSuffix = ".blobs";
 
 // A model name, parsed as types/model.ParseName with ollama's defaults.
 struct OllamaName {
@@ -79,10 +98,13 @@ Result<OllamaManifest> ParseOllamaManifest(std::string_view text, const std::str
 Result<std::string> Sha256File(const std::string& path);
 std::string Sha256Hex(const std::string& bytes);
 
+// flock(2), retried on EINTR.
+Status FlockRetrying(int fd, int operation, const std::string& path);
+
 class OllamaStore {
  public:
   // Creates <root>/blobs and <root>/manifests when missing; removes temporary blob files left by
-  // killed processes.
+  // killed processes; starts this import's journal.
   static Result<OllamaStore> Open(const std::string& root);
   // For reading only (ReadManifest, BlobPath): creates and removes nothing.
   static OllamaStore OpenForReading(const std::string& root) {
@@ -96,7 +118,7 @@ class OllamaStore {
   // A fresh temporary path in blobs/ for a blob being written (e.g. by safetensors::Writer).
   std::string NewTempPath();
   // Moves a complete, synced file at `temp_path` (from NewTempPath) to its digest name, or drops
-  // it when that blob exists.
+  // it when that blob exists; records it in the journal first (under the shared collector lock).
   Result<OllamaLayer> AddBlobFile(const std::string& temp_path, std::string media_type, std::string name);
   Result<OllamaLayer> AddBlobBytes(const std::string& bytes, std::string media_type, std::string name);
   // A blob of the bytes of the regular file at `source` (copied in pieces, see CopyFileAtomically).
@@ -110,8 +132,22 @@ class OllamaStore {
   Result<OllamaManifest> ReadManifest(const OllamaName& name) const;
 
  private:
+  // The blobs this import uses, for the collector (see above); removed when the store is closed.
+  struct Journal {
+    std::string path;
+    util::Fd fd;
+    Journal() = default;
+    Journal(Journal&& other) noexcept;
+    Journal& operator=(Journal&&) = delete;
+    ~Journal();
+  };
+
+  Status Record(const std::string& hex);
+
   std::string root_;
   util::TempLock lock_;  // Open only: marks this store's temporary blobs as in use
+  util::Fd gc_lock_;     // Open only: <root>/.stquant-gc.lock, held shared while committing a blob
+  Journal journal_;      // declared after lock_: removed before the lock is released
   uint64_t counter_ = 0;
 };
 

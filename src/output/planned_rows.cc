@@ -22,10 +22,11 @@ using safetensors::TensorInfo;
 constexpr int64_t kTileCols = 1024;
 
 // One source tensor of a planned tensor, read as values of the working dtype (its own, or
-// bfloat16 decoded from block FP8).
+// piece.fp8_dtype decoded from scaled FP8: bfloat16 for block FP8).
 class SourceValues {
  public:
-  SourceValues(const Inventory& inv, const PlannedSource& piece, QuantProfile profile) : profile_(profile) {
+  SourceValues(const Inventory& inv, const PlannedSource& piece, QuantProfile profile)
+      : profile_(profile), fp8_block_(piece.fp8_block), fp8_dtype_(piece.fp8_dtype) {
     const model::TensorRef* ref = inv.Find(piece.tensor);
     reader_ = inv.shards()[ref->shard].reader.get();
     info_ = ref->info;
@@ -36,16 +37,17 @@ class SourceValues {
     }
   }
 
-  DType working() const { return scale_info_ ? DType::kBF16 : info_->dtype; }
+  DType working() const { return scale_info_ ? fp8_dtype_ : info_->dtype; }
 
   // Elements [first, first + count) of the tensor in row-major order, as working values.
   Status Read(int64_t first, int64_t count, uint8_t* out) const {
     if (!scale_info_) return reader_->Read(*info_, BytesOf(first, info_->dtype), {out, BytesOf(count, info_->dtype)});
-    // Block FP8: the range is decoded row by row of the file ([..., R, C]; 3-D: one scale matrix
+    // Scaled FP8: the range is decoded row by row of the file ([..., R, C]; 3-D: one scale matrix
     // per expert), whole rows of one expert at a time.
     const int64_t cols = info_->shape.back();
     const int64_t rows = info_->shape[info_->shape.size() - 2];
-    auto* values = reinterpret_cast<uint16_t*>(out);
+    const int bytes = DTypeBits(fp8_dtype_) / 8;
+    uint8_t* values = out;
     while (count > 0) {
       const int64_t row = first / cols, col = first % cols;
       const int64_t expert = row / rows, expert_row = row % rows;
@@ -57,23 +59,23 @@ class SourceValues {
       STQ_RETURN_IF_ERROR(DecodeRows(first, expert, expert_row, n_rows, col, n_cols, values));
       first += n_rows * n_cols;
       count -= n_rows * n_cols;
-      values += n_rows * n_cols;
+      values += n_rows * n_cols * bytes;
     }
     return Status::Ok();
   }
 
  private:
   Status DecodeRows(int64_t first, int64_t expert, int64_t row, int64_t n_rows, int64_t col, int64_t n_cols,
-                    uint16_t* out) const {
+                    uint8_t* out) const {
     const int64_t cols = info_->shape.back();
     const int64_t rows = info_->shape[info_->shape.size() - 2];
     const int64_t elements = n_rows * n_cols;
     std::vector<uint8_t> codes(elements);
     STQ_RETURN_IF_ERROR(reader_->Read(*info_, first, codes));
-    const int64_t scale_cols = (cols + kFp8BlockSize - 1) / kFp8BlockSize;
-    const int64_t scale_rows = (rows + kFp8BlockSize - 1) / kFp8BlockSize;
+    const int64_t scale_cols = (cols + fp8_block_.cols - 1) / fp8_block_.cols;
+    const int64_t scale_rows = (rows + fp8_block_.rows - 1) / fp8_block_.rows;
     const int scale_bytes = DTypeBits(scale_info_->dtype) / 8;
-    const Fp8ScaleWindow window = ScaleWindow(row, n_rows, col, n_cols);
+    const Fp8ScaleWindow window = ScaleWindow(fp8_block_, row, n_rows, col, n_cols);
     std::vector<uint8_t> scales(window.rows * window.cols * scale_bytes);
     for (int64_t r = 0; r < window.rows; ++r) {
       const int64_t at = (expert * scale_rows + window.first_row + r) * scale_cols + window.first_col;
@@ -82,7 +84,8 @@ class SourceValues {
           {scales.data() + r * window.cols * scale_bytes, static_cast<size_t>(window.cols * scale_bytes)}));
     }
     const int64_t nan_code =
-        DecodeBlockFp8Rows(profile_, codes.data(), row, n_rows, col, n_cols, scales.data(), scale_info_->dtype, out);
+        DecodeBlockFp8Rows(profile_, fp8_block_, codes.data(), row, n_rows, col, n_cols, scales.data(),
+                           scale_info_->dtype, fp8_dtype_, out);
     if (nan_code >= 0) {
       const int64_t element = (expert * rows + row + nan_code / n_cols) * cols + col + nan_code % n_cols;
       return Status::InvalidInput(fmt::format(
@@ -94,6 +97,8 @@ class SourceValues {
   }
 
   QuantProfile profile_;
+  Fp8Block fp8_block_;
+  DType fp8_dtype_;
   const safetensors::Reader* reader_ = nullptr;
   const TensorInfo* info_ = nullptr;
   const safetensors::Reader* scale_reader_ = nullptr;

@@ -19,6 +19,7 @@
 #include "numeric/fp8.h"
 #include "output/mlx_files.h"
 #include "output/output_dir.h"
+#include "output/planned_rows.h"
 #include "quant/element.h"
 #include "safetensors/format.h"
 #include "stquant/quantize.h"
@@ -145,6 +146,10 @@ Status WriteBytes(const WriteTarget& target, uint64_t& offset, std::span<const u
 
 Status WritePrequantTensor(const Inventory& inv, const PrequantTensor& t, const WriteTarget& target,
                            const std::function<void(uint64_t)>& progress) {
+  if (t.op == PrequantOp::kDecodeFp8) {  // through the float sources' FP8 decode
+    const PlannedTensor planned = model::DecodedFp8Tensor(t, t.name);
+    return CopyRows(PlannedRows(inv, planned, QuantProfile::kMlxCpu), target, /*threads=*/0, progress);
+  }
   uint64_t offset = 0;
   auto done = [&](uint64_t bytes) {
     if (progress) progress(bytes);
@@ -285,6 +290,8 @@ Status WritePrequantTensor(const Inventory& inv, const PrequantTensor& t, const 
         }
         break;
       }
+      case PrequantOp::kDecodeFp8:  // the whole tensor at once, above
+        return Status::Internal(fmt::format("prequant: tensor '{}': FP8 decode reached the byte copy", P(t.name)));
     }
   }
   if (offset != t.bytes) {
@@ -442,6 +449,8 @@ struct OutTensor {
   int shard = 0;
   const PrequantTensor* copy = nullptr;  // lossless: written by WritePrequantTensor
   const model::PrequantLayer* layer = nullptr;  // requantize: the layer (its ".weight")
+  const PrequantTensor* decoded = nullptr;      // requantize: a kDecodeFp8 tensor
+  std::string base = "";                        // requantize: module path of ".scales" / ".biases"
   std::optional<QuantSpec> quant = std::nullopt;
   std::string role = "";  // requantize: "weight", "scales", "biases", "float"
 };
@@ -473,7 +482,10 @@ Result<ConvertSummary> ConvertPrequantMlx(const ConvertOptions& options, const m
   uint64_t parameters = 0;
   const DType float_dtype = model::DequantizedDType(inv.config());
   for (const PrequantTensor& t : pq.tensors) {
-    if (!rewrite || t.layer.empty()) {
+    // --requantize / --dequantize: the formerly quantized layers, FP8 ones decoded included, are
+    // rewritten from their values.
+    const bool fp8 = t.op == model::PrequantOp::kDecodeFp8;
+    if (!rewrite || (t.layer.empty() && !fp8)) {
       OutTensor o{t.name, t.dtype, t.shape, t.bytes};
       o.copy = &t;
       outs.push_back(std::move(o));
@@ -486,22 +498,24 @@ Result<ConvertSummary> ConvertPrequantMlx(const ConvertOptions& options, const m
       }
       continue;
     }
-    if (t.role != PrequantRole::kWeight) continue;
+    if (t.role != PrequantRole::kWeight && !fp8) continue;
     const model::PrequantLayer* layer = nullptr;
     for (const model::PrequantLayer& l : pq.layers) {
       if (l.path == t.layer) layer = &l;
     }
-    if (layer == nullptr) {
+    if (layer == nullptr && !fp8) {
       return Status::Internal(fmt::format("tensor '{}': layer '{}' is missing from the import plan", t.name, t.layer));
     }
     std::vector<int64_t> shape = t.shape;
-    shape.back() = shape.back() * 32 / layer->spec.bits;
+    if (!fp8) shape.back() = shape.back() * 32 / layer->spec.bits;
+    const std::string base = fp8 ? t.name.substr(0, t.name.rfind('.')) : layer->path;
     int64_t elements = 1;
     for (int64_t d : shape) elements *= d;
     parameters += elements;
     if (!options.quant || shape.back() % options.quant->group_size != 0) {
       OutTensor o{t.name, float_dtype, shape, Bytes(float_dtype, shape)};
       o.layer = layer;
+      o.decoded = fp8 ? &t : nullptr;
       o.role = "float";
       outs.push_back(std::move(o));
       continue;
@@ -512,14 +526,16 @@ Result<ConvertSummary> ConvertPrequantMlx(const ConvertOptions& options, const m
     groups.back() = GroupsPerRow(spec, shape.back());
     OutTensor w{t.name, DType::kU32, packed, Bytes(DType::kU32, packed)};
     w.layer = layer;
+    w.decoded = fp8 ? &t : nullptr;
+    w.base = base;
     w.quant = spec;
     w.role = "weight";
     outs.push_back(w);
-    OutTensor s{layer->path + ".scales", ScaleDType(spec, float_dtype), groups, Bytes(ScaleDType(spec, float_dtype), groups)};
+    OutTensor s{base + ".scales", ScaleDType(spec, float_dtype), groups, Bytes(ScaleDType(spec, float_dtype), groups)};
     s.role = "scales";
     outs.push_back(s);
     if (ModeInfo(spec.mode).has_biases) {
-      OutTensor b{layer->path + ".biases", float_dtype, groups, Bytes(float_dtype, groups)};
+      OutTensor b{base + ".biases", float_dtype, groups, Bytes(float_dtype, groups)};
       b.role = "biases";
       outs.push_back(b);
     }
@@ -569,15 +585,18 @@ Result<ConvertSummary> ConvertPrequantMlx(const ConvertOptions& options, const m
     state.current = o.name;
     if (o.copy) {
       STQ_RETURN_IF_ERROR(WritePrequantTensor(inv, *o.copy, target(o.name), on_bytes));
-    } else if (o.layer) {
+    } else if (o.layer || o.decoded) {
       std::vector<int64_t> shape = o.shape;
       if (o.quant) shape.back() = shape.back() * 32 / o.quant->bits;
-      const RowSource rows = PrequantLayerRows(inv, *o.layer, by_layer[o.layer->path], shape, float_dtype, pq.kind);
+      const PlannedTensor fp8 = o.decoded ? model::DecodedFp8Tensor(*o.decoded, o.name) : PlannedTensor();
+      const RowSource rows = o.decoded ? PlannedRows(inv, fp8, options.profile)
+                                       : PrequantLayerRows(inv, *o.layer, by_layer[o.layer->path], shape, float_dtype,
+                                                           pq.kind);
       if (!o.quant) {
         STQ_RETURN_IF_ERROR(CopyRows(rows, target(o.name), options.threads, on_bytes));
       } else {
-        QuantizedTargets targets{target(o.name), target(o.layer->path + ".scales"), std::nullopt};
-        if (ModeInfo(o.quant->mode).has_biases) targets.biases = target(o.layer->path + ".biases");
+        QuantizedTargets targets{target(o.name), target(o.base + ".scales"), std::nullopt};
+        if (ModeInfo(o.quant->mode).has_biases) targets.biases = target(o.base + ".biases");
         STQ_RETURN_IF_ERROR(QuantizeRowSource(rows, *o.quant, 0.0f, targets, options.threads, on_bytes));
         ++quantized;
       }

@@ -346,7 +346,7 @@ TempLock& TempLock::operator=(TempLock&& other) noexcept {
   return *this;
 }
 
-void RemoveStaleTemps(const std::string& dir, const std::string& prefix) {
+std::vector<StaleTemp> RemoveStaleTemps(const std::string& dir, const std::string& prefix, bool dry_run) {
   namespace fs = std::filesystem;
   std::error_code ec;
   std::map<std::string, std::vector<fs::path>> by_tag;
@@ -357,6 +357,7 @@ void RemoveStaleTemps(const std::string& dir, const std::string& prefix) {
     if (!name.starts_with(prefix)) continue;
     by_tag[TagOf(name.substr(prefix.size()))].push_back(entry.path());
   }
+  std::vector<StaleTemp> stale;
   for (const auto& [tag, paths] : by_tag) {
     // The lock file is created before any temporary of its tag and removed after the last one, so
     // a temporary without one is a leftover.
@@ -368,10 +369,14 @@ void RemoveStaleTemps(const std::string& dir, const std::string& prefix) {
     if (lock.get() >= 0 && (::fstat(lock.get(), &st) != 0 || !S_ISREG(st.st_mode))) continue;
     if (lock.get() >= 0 && ::flock(lock.get(), LOCK_EX | LOCK_NB) != 0) continue;  // its owner runs
     for (const fs::path& path : paths) {
-      if (path.native() != lock_path) fs::remove_all(path, ec);
+      const bool file = fs::is_regular_file(fs::symlink_status(path, ec));
+      const uint64_t bytes = file ? fs::file_size(path, ec) : 0;
+      stale.push_back({path.string(), ec ? 0 : bytes});
+      if (!dry_run && path.native() != lock_path) fs::remove_all(path, ec);
     }
-    if (lock.get() >= 0) ::unlink(lock_path.c_str());
+    if (!dry_run && lock.get() >= 0) ::unlink(lock_path.c_str());
   }
+  return stale;
 }
 
 }  // namespace stquant::util

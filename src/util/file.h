@@ -11,6 +11,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "stquant/status.h"
 
@@ -149,7 +150,13 @@ class TempLock {
 
 // Removes the entries of `dir` named "<prefix><tag>..." or ".<prefix><tag>..." whose owner is gone:
 // their lock file is missing or nobody holds it (then it goes too). Best effort: errors are ignored.
-void RemoveStaleTemps(const std::string& dir, const std::string& prefix);
+// Returns them (the lock files too) with their sizes (0 for a directory); with `dry_run` they are
+// only listed.
+struct StaleTemp {
+  std::string path;
+  uint64_t bytes = 0;
+};
+std::vector<StaleTemp> RemoveStaleTemps(const std::string& dir, const std::string& prefix, bool dry_run = false);
 
 // Fault injection for tests, process-wide: after `after_bytes` more bytes have been written by
 // PwriteFull (counted over all files and threads), every further write fails with `err` (a short

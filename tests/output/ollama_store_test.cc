@@ -10,7 +10,11 @@
 
 #include <filesystem>
 #include <fstream>
+#include <atomic>
+#include <chrono>
+#include <iterator>
 #include <optional>
+#include <thread>
 
 #include "util/file.h"
 #include "util/file_test_util.h"
@@ -65,10 +69,10 @@ TEST_F(OllamaStoreTest, BlobsAreContentAddressedAndReused) {
   ASSERT_TRUE(b.ok());
   EXPECT_TRUE(b->reused);
   EXPECT_EQ(b->digest, a->digest);
-  // Only the blob remains in blobs/: no temporary files (but the open store's lock file).
+  // Only the blob remains in blobs/: no temporary files (but the open store's lock file and journal).
   int files = 0;
   for (const auto& e : fs::directory_iterator(fs::path(root_) / "blobs")) {
-    if (e.path().extension() == ".lock") continue;
+    if (e.path().extension() == ".lock" || e.path().extension() == kOllamaJournalSuffix) continue;
     ++files;
     EXPECT_EQ(e.path().filename().string().rfind("sha256-", 0), 0u) << e.path();
   }
@@ -204,6 +208,45 @@ TEST(OllamaModelsDir, Resolution) {
   ::unsetenv("OLLAMA_MODELS");
   ::setenv("HOME", "/home/u", 1);
   EXPECT_EQ(*ResolveOllamaModelsDir(""), "/home/u/.ollama/models");
+}
+
+// The collector protocol (ollama_store.h): every blob added or reused is in the import's journal
+// before it is in place; the journal is gone once the store is closed; a collector holding the
+// lock exclusively keeps blobs from being committed.
+TEST_F(OllamaStoreTest, JournalListsEveryBlobUntilTheStoreCloses) {
+  std::string journal;
+  {
+    Result<OllamaStore> store = OllamaStore::Open(root_);
+    ASSERT_TRUE(store.ok()) << store.status().message();
+    ASSERT_TRUE(store->AddBlobBytes("abc", kOllamaMediaJson, "a.json").ok());
+    ASSERT_TRUE(store->AddBlobBytes("abc", kOllamaMediaJson, "again.json").ok());  // reused: listed again
+    ASSERT_TRUE(store->AddBlobBytes("xyz", kOllamaMediaJson, "b.json").ok());
+    for (const auto& entry : fs::directory_iterator(root_ + "/blobs")) {
+      if (entry.path().string().ends_with(kOllamaJournalSuffix)) journal = entry.path().string();
+    }
+    ASSERT_FALSE(journal.empty());
+    std::ifstream in(journal);
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const std::string abc = "sha256-ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad\n";
+    EXPECT_EQ(text, abc + abc + "sha256-" + Sha256Hex("xyz") + "\n");
+
+    // A collector's exclusive lock holds the next commit back until it is released.
+    util::Fd gc(::open((root_ + "/" + kOllamaGcLockFile).c_str(), O_RDWR | O_CLOEXEC));
+    ASSERT_TRUE(gc.valid());
+    ASSERT_EQ(0, ::flock(gc.get(), LOCK_EX));
+    std::atomic<bool> committed = false;
+    std::thread writer([&] {
+      ASSERT_TRUE(store->AddBlobBytes("later", kOllamaMediaJson, "c.json").ok());
+      committed = true;
+    });
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    EXPECT_FALSE(committed);
+    EXPECT_FALSE(fs::exists(store->BlobPath(Sha256Hex("later"))));
+    ::flock(gc.get(), LOCK_UN);
+    writer.join();
+    EXPECT_TRUE(committed);
+  }
+  EXPECT_FALSE(fs::exists(journal));
 }
 
 }  // namespace

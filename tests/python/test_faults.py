@@ -44,7 +44,12 @@ def test_convert_on_a_full_disk(stquant, repo_root, small_disk, quant):
             "--quiet"]
     if quant != "none":
         args += ["-q", quant]
+    # The preflight refuses it before writing (test_preflight.py) ...
     out = subprocess.run(args, capture_output=True, timeout=120)
+    assert out.returncode == 3 and "preflight: not enough free space" in _one_line_error(out.stderr)
+    assert list(small_disk.iterdir()) == []
+    # ... and without it the full disk is met while writing.
+    out = subprocess.run(args + ["--no-preflight"], capture_output=True, timeout=120)
     assert out.returncode == 3, out.stderr
     message = _one_line_error(out.stderr)
     assert "No space left on device" in message and str(small_disk) in message

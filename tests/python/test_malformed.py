@@ -281,6 +281,12 @@ CASES += [
                                                               index={"weight_map": {"w": "model.safetensors",
                                                                                     "x\ny": "model.safetensors"}}),
              ["tensor 'x\\x0ay' is indexed"]),
+    dir_case("numbered-shard-missing", lambda r: model_dir(r, {"model-00001-of-00003.safetensors": {"w": weight()},
+                                                               "model-00003-of-00003.safetensors": {"v": weight()}}),
+             ["model-00001-of-00003.safetensors' but no 'model-00002-of-00003.safetensors'", "2 of 3 is missing"]),
+    dir_case("numbered-shards-two-counts", lambda r: model_dir(r, {"model-00001-of-00002.safetensors": {"w": weight()},
+                                                                   "model-00002-of-00003.safetensors": {"v": weight()}}),
+             ["two numberings", "model-00001-of-00002.safetensors", "model-00002-of-00003.safetensors"]),
     dir_case("symlinked-hf-cache", _symlinked_cache, [], rc=0),
     # Absurd config values do not matter: the plan comes from the headers.
     dir_case("absurd-config", lambda r: model_dir(r, {"model.safetensors": {"model.norm.weight": weight((64,))}},
@@ -337,6 +343,17 @@ def fp8_model(root: Path, weight_shape=(128, 128), scale_shape=(1, 1), scale_dty
     if with_scale:
         tensors["model.layers.0.mlp.down_proj.weight_scale_inv"] = (scale_dtype, list(scale_shape), None)
     return model_dir(root, {"model.safetensors": tensors}, config={"model_type": "qwen3"})
+
+
+def ct_fp8_model(root: Path, weights=None, scale_shape=(128, 1), scale_dtype="BF16", groups=True, extra=None) -> Path:
+    """compressed-tensors float-quantized (FP8_DYNAMIC: per-channel scales)."""
+    tensors = {"model.layers.0.mlp.down_proj.weight": ("F8_E4M3", [128, 128], None),
+               "model.layers.0.mlp.down_proj.weight_scale": (scale_dtype, list(scale_shape), None), **(extra or {})}
+    weights = weights or {"num_bits": 8, "type": "float", "strategy": "channel", "symmetric": True}
+    qc = {"quant_method": "compressed-tensors", "format": "float-quantized"}
+    if groups:
+        qc["config_groups"] = {"g": {"targets": ["Linear"], "format": "float-quantized", "weights": weights}}
+    return model_dir(root, {"model.safetensors": tensors}, config={"model_type": "llama", "quantization_config": qc})
 
 
 def convert_case(name, build_dir, expect, args=("-q", "int4"), rc=2):
@@ -396,6 +413,27 @@ CASES += [
         r, {"model.safetensors": {"model.layers.3.mlp.down_proj.weight": weight((4, 64))}},
         config={"model_type": "llama", "num_hidden_layers": 1e300}),
                  ["num_hidden_layers 1e+300 is not a layer count"], args=("-q", "int4", "--recipe", "mixed_3_6")),
+    # compressed-tensors float-quantized (FP8) checkpoints that stquant does not decode.
+    convert_case("ct-fp8-4-bit-floats", lambda r: ct_fp8_model(r, {"num_bits": 4, "type": "float", "strategy": "channel"}),
+                 ["/m: compressed-tensors float-quantized group 'g'", "num_bits 4"]),
+    convert_case("ct-fp8-asymmetric", lambda r: ct_fp8_model(r, {"num_bits": 8, "type": "float", "strategy": "channel",
+                                                                 "symmetric": False}),
+                 ["group 'g'", "asymmetric"]),
+    convert_case("ct-fp8-token-strategy", lambda r: ct_fp8_model(r, {"num_bits": 8, "type": "float", "strategy": "token"}),
+                 ["group 'g'", "weight strategy 'token'"]),
+    convert_case("ct-fp8-block-without-structure", lambda r: ct_fp8_model(r, {"num_bits": 8, "type": "float",
+                                                                              "strategy": "block"}),
+                 ["group 'g'", "without a block_structure"]),
+    convert_case("ct-fp8-scale-shape-wrong", lambda r: ct_fp8_model(r, scale_shape=(1, 128)),
+                 ["tensor 'model.layers.0.mlp.down_proj.weight'", "unexpected fp8 scale", "[1, 128]",
+                  "[128, 1] (group 'g', strategy channel)"]),
+    convert_case("ct-fp8-scale-dtype-wrong", lambda r: ct_fp8_model(r, scale_dtype="I32"),
+                 ["unexpected fp8 scale", "I32 [128, 1]", "want F32, BF16 or F16"]),
+    convert_case("ct-fp8-padded-block", lambda r: ct_fp8_model(r, extra={"model.layers.0.mlp.down_proj.weight_shape_original":
+                                                                            ("I64", [2], None)}),
+                 ["tensor 'model.layers.0.mlp.down_proj.weight' is stored padded"]),
+    convert_case("ct-fp8-without-groups", lambda r: ct_fp8_model(r, groups=False),
+                 ["float-quantized checkpoint without config_groups"]),
     # Config members of the wrong type are read as missing (they used to throw: exit 1).
     convert_case("config-quant-method-not-a-string", lambda r: model_dir(
         r, {"model.safetensors": {"model.layers.0.mlp.down_proj.weight": ("F8_E4M3", [128, 128], None),
@@ -473,6 +511,10 @@ CASES += [
          ["no.safetensors': no such file or directory"]),
     Case("dequantize-input-missing", lambda t: ["dequantize", str(t / "no.safetensors"), "-o", str(t / "out" / "x")],
          ["no.safetensors': no such file or directory"]),
+    Case("convert-output-under-a-file",
+         lambda t: ["convert", str(model_dir(t / "m", {"model.safetensors": {"w.weight": weight()}})), "-o",
+                    str(Path(_float_file(t)) / "out")],
+         ["preflight: cannot write '", "in.safetensors' is not a directory"]),
     Case("ollama-models-dir-is-a-file",
          lambda t: ["convert", str(model_dir(t / "m", {"model.safetensors": {"w.weight": weight()}})), "--layout", "ollama",
                     "--name", "m", "--models-dir", _float_file(t)],

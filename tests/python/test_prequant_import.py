@@ -823,3 +823,80 @@ def test_ollama_prequant_deterministic_inspect_and_draft(stquant, shared_dir, tm
     assert sorted(blobs[base + ".weight"][0]) == [base + ".weight" + s for s in ("", ".global_scale", ".scale")]
     assert blobs[base + ".weight"][1] == {"quant_type": "nvfp4", "group_size": "16"}
     assert quant[base + ".weight"] == ("nvfp4", 16)
+
+
+def build_ct_mixed_precision(shared_dir, dst: Path, with_nvfp4: bool):
+    """compressed-tensors format "mixed-precision": each config group its own format. Attention
+    layers pack-quantized int4 (group 64), v_proj int8 (group 128), MLP layers nvfp4-pack-quantized
+    (or, without with_nvfp4, int8 group 128 as well). Returns layer -> (kind, reference values)."""
+    fixture = shared_dir / "fixtures/hf/tiny-llama"
+    src = load_source(fixture)
+    tensors, ref = {}, {}
+    for name, (dt, shape, raw, values) in src.items():
+        base = name[: -len(".weight")]
+        if not is_linear(name):
+            tensors[name] = (dt, shape, raw)
+        elif "mlp" in name and with_nvfp4:
+            packed, scales, g = ct_nvfp4(values)
+            tensors[base + ".weight_packed"] = st_entry("U8", packed)
+            tensors[base + ".weight_scale"] = st_entry("F8_E4M3", scales)
+            tensors[base + ".weight_global_scale"] = st_entry("F32", np.array([g], np.float32))
+            ref[base] = ("nvfp4", ct_nvfp4_dequant(packed, scales, g))
+        else:
+            bits, group = (8, 128) if ("v_proj" in name or "mlp" in name) else (4, 64)
+            q, s, zp = ct_int(values, group, True, False, bits=bits)
+            tensors[base + ".weight_packed"] = st_entry("I32", pack_int32(q, bits))
+            tensors[base + ".weight_scale"] = st_entry("BF16", s)
+            tensors[base + ".weight_shape"] = st_entry("I64", np.array(values.shape, np.int64))
+            ref[base] = (f"int{bits}/{group}", q.astype(np.float64) * np.repeat(s.astype(np.float64), group, axis=-1))
+    int_group = lambda bits, group, targets: {  # noqa: E731
+        "targets": targets, "format": "pack-quantized",
+        "weights": {"num_bits": bits, "type": "int", "symmetric": True, "strategy": "group", "group_size": group}}
+    groups = {"group_0": int_group(4, 64, ["re:.*self_attn.(q|k|o)_proj"]),
+              "group_1": int_group(8, 128, ["re:.*v_proj"] + ([] if with_nvfp4 else ["re:.*mlp.*"]))}
+    if with_nvfp4:
+        groups["group_2"] = {"targets": ["re:.*mlp.*"], "format": "nvfp4-pack-quantized",
+                             "weights": {"num_bits": 4, "type": "float", "symmetric": True, "strategy": "tensor_group",
+                                         "group_size": 16}}
+    qc = {"quant_method": "compressed-tensors", "format": "mixed-precision", "config_groups": groups,
+          "ignore": ["lm_head"]}
+    copy_model(fixture, dst, tensors, {"quantization_config": qc})
+    return ref
+
+
+def test_compressed_tensors_mixed_precision_container(stquant, shared_dir, tmp_path):
+    """A mixed-precision container of pack-quantized int4 and int8 groups: every layer imported
+    losslessly as its own group (mlx layout: per-layer config entries), and with nvfp4 MLP groups
+    as well into the ollama layout (one blob per layer with its own quant_type)."""
+    ref = build_ct_mixed_precision(shared_dir, tmp_path / "src", with_nvfp4=False)
+    r = run(stquant, "convert", tmp_path / "src", "-o", tmp_path / "out", "--dry-run")
+    assert "source format: compressed-tensors mixed-precision (pack-quantized int4 (group 64, symmetric), " \
+           "pack-quantized int8 (group 128, symmetric))" in r.stdout
+    run(stquant, "convert", tmp_path / "src", "-o", tmp_path / "out", "--quiet")
+    out = load_output(tmp_path / "out")
+    config = json.loads((tmp_path / "out/config.json").read_text())
+    for base, (kind, want) in ref.items():
+        bits, group = (4, 64) if kind == "int4/64" else (8, 128)
+        if (bits, group) != (config["quantization"]["bits"], config["quantization"]["group_size"]):
+            assert config["quantization"][base] == {"group_size": group, "bits": bits, "mode": "affine"}
+        w, s, b = out[base + ".weight"], out[base + ".scales"], out[base + ".biases"]
+        got = np.array(mx.dequantize(w, s.astype(mx.float32), b.astype(mx.float32), group_size=group, bits=bits,
+                                     dtype=mx.float32)).astype(np.float64)
+        np.testing.assert_array_equal(got, want, err_msg=base)
+    generate_works(tmp_path / "out")
+
+    ref = build_ct_mixed_precision(shared_dir, tmp_path / "src2", with_nvfp4=True)
+    import_ollama(stquant, tmp_path / "src2", tmp_path / "store")
+    _, blobs, tensors, quant, raw = read_blobs(tmp_path / "store")
+    for base, (kind, want) in ref.items():
+        if kind == "nvfp4":
+            check_layer_blob(blobs, base, "nvfp4", 16, [".global_scale"])
+            got = nvfp4_blob_values(tensors, base)
+            np.testing.assert_array_equal(got.astype(ml_dtypes.bfloat16), want.astype(ml_dtypes.bfloat16))
+            continue
+        bits, group = (4, 64) if kind == "int4/64" else (8, 128)
+        check_layer_blob(blobs, base, f"int{bits}", group, [".bias"])
+        w, s, b = tensors[base + ".weight"], tensors[base + ".weight_scale"], tensors[base + ".weight_qbias"]
+        got = np.array(mx.dequantize(w, s.astype(mx.float32), b.astype(mx.float32), group_size=group, bits=bits,
+                                     dtype=mx.float32)).astype(np.float64)
+        np.testing.assert_array_equal(got, want, err_msg=base)
