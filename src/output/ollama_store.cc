@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <filesystem>
+#include <new>
 #include <vector>
 
 #include <fmt/format.h>
@@ -44,11 +45,6 @@ std::string Hex(const unsigned char* digest, unsigned int n) {
   }
   return out;
 }
-
-struct MdContext {
-  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
-  ~MdContext() { EVP_MD_CTX_free(ctx); }
-};
 
 }  // namespace
 
@@ -103,33 +99,28 @@ nlohmann::ordered_json OllamaLayer::ToJson() const {
   return j;
 }
 
-std::string Sha256Hex(const std::string& bytes) {
+Sha256::Sha256() : ctx_(EVP_MD_CTX_new()) {
+  if (ctx_ == nullptr || EVP_DigestInit_ex(ctx_, EVP_sha256(), nullptr) != 1) {
+    EVP_MD_CTX_free(ctx_);
+    throw std::bad_alloc();
+  }
+}
+
+Sha256::~Sha256() { EVP_MD_CTX_free(ctx_); }
+
+void Sha256::Update(std::span<const uint8_t> bytes) { EVP_DigestUpdate(ctx_, bytes.data(), bytes.size()); }
+
+std::string Sha256::HexDigest() {
   unsigned char digest[EVP_MAX_MD_SIZE];
   unsigned int n = 0;
-  MdContext md;
-  EVP_DigestInit_ex(md.ctx, EVP_sha256(), nullptr);
-  EVP_DigestUpdate(md.ctx, bytes.data(), bytes.size());
-  EVP_DigestFinal_ex(md.ctx, digest, &n);
+  EVP_DigestFinal_ex(ctx_, digest, &n);
   return Hex(digest, n);
 }
 
-Result<std::string> Sha256File(const std::string& path) {
-  STQ_ASSIGN_OR_RETURN(util::Fd fd, util::OpenForRead(path));
-  STQ_ASSIGN_OR_RETURN(uint64_t size, util::RegularFileSize(fd.get(), path));
-  MdContext md;
-  if (!md.ctx || EVP_DigestInit_ex(md.ctx, EVP_sha256(), nullptr) != 1) {
-    return Status::Internal("OpenSSL: cannot initialise SHA-256");
-  }
-  std::vector<uint8_t> buffer(std::min<uint64_t>(size, 8u << 20));
-  for (uint64_t offset = 0; offset < size; offset += buffer.size()) {
-    std::span<uint8_t> piece(buffer.data(), std::min<uint64_t>(buffer.size(), size - offset));
-    STQ_RETURN_IF_ERROR(util::PreadFull(fd.get(), piece, offset, path));
-    EVP_DigestUpdate(md.ctx, piece.data(), piece.size());
-  }
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int n = 0;
-  EVP_DigestFinal_ex(md.ctx, digest, &n);
-  return Hex(digest, n);
+std::string Sha256Hex(const std::string& bytes) {
+  Sha256 sha;
+  sha.Update({reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()});
+  return sha.HexDigest();
 }
 
 Result<OllamaStore> OllamaStore::Open(const std::string& root) {
@@ -161,16 +152,18 @@ std::string OllamaStore::BlobPath(const std::string& digest) const {
 }
 
 std::string OllamaStore::NewTempPath() {
+  std::lock_guard<std::mutex> lock(*mu_);
   return fmt::format("{}-{}", lock_.stem(), counter_++);
 }
 
-Result<OllamaLayer> OllamaStore::AddBlobFile(const std::string& temp_path, std::string media_type, std::string name) {
-  STQ_ASSIGN_OR_RETURN(std::string hex, Sha256File(temp_path));
+Result<OllamaLayer> OllamaStore::AddBlobFile(const std::string& temp_path, const std::string& hex,
+                                             std::string media_type, std::string name) {
   std::error_code ec;
   const uint64_t size = fs::file_size(temp_path, ec);
   if (ec) return Status::IoError(fmt::format("stat '{}': {}", temp_path, ec.message()));
   OllamaLayer layer{std::move(media_type), "sha256:" + hex, size, std::move(name), false};
   const std::string final_path = BlobPath(hex);
+  std::lock_guard<std::mutex> lock(*mu_);  // one blob of two with the same bytes is reused
   struct stat st {};
   if (::stat(final_path.c_str(), &st) == 0 && S_ISREG(st.st_mode) && static_cast<uint64_t>(st.st_size) == size) {
     // Same digest, same bytes: reuse it (touch its mtime, as ollama does).
@@ -185,7 +178,6 @@ Result<OllamaLayer> OllamaStore::AddBlobFile(const std::string& temp_path, std::
     fs::remove(temp_path, ec);
     return Status::FromErrno("rename", temp_path, err);
   }
-  STQ_RETURN_IF_ERROR(util::SyncParentDirectory(final_path));
   return layer;
 }
 
@@ -197,11 +189,13 @@ Result<OllamaLayer> OllamaStore::AddBlobBytes(const std::string& bytes, std::str
         file.fd(), {reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()}, 0, file.temp_path()));
     STQ_RETURN_IF_ERROR(file.Commit());
   }
-  return AddBlobFile(temp, std::move(media_type), std::move(name));
+  return AddBlobFile(temp, Sha256Hex(bytes), std::move(media_type), std::move(name));
 }
 
 Result<std::string> OllamaStore::WriteManifest(const OllamaName& name, const OllamaLayer& config,
                                                const std::vector<OllamaLayer>& layers) {
+  // One fsync of blobs/ makes every blob renamed into it durable before the manifest naming them.
+  STQ_RETURN_IF_ERROR(util::SyncParentDirectory(BlobPath("")).Annotate("write manifest"));
   nlohmann::ordered_json manifest;
   manifest["schemaVersion"] = 2;
   manifest["mediaType"] = kOllamaMediaManifest;
