@@ -79,13 +79,14 @@ struct DirectWriter::State {
   uint64_t file_size = 0;
   InOrderTap tap;
 
-  // A chunk being assembled: its bytes so far (disjoint ranges, merged when adjacent), kept so
-  // that an evicted chunk can be written the plain way.
+  // A chunk held in memory: its bytes so far (disjoint ranges, merged when adjacent), kept so
+  // that an evicted chunk can be written the plain way. With a tap, a complete chunk stays until
+  // it has been tapped.
   struct Chunk {
     ChunkBuffer buffer;
-    std::map<uint64_t, uint64_t> ranges;  // [begin, end) within the chunk, claimed by writes
-    uint64_t copied = 0;  // bytes whose copy into `buffer` is done
-    int copying = 0;      // copies in progress (outside the lock): not evictable meanwhile
+    std::map<uint64_t, uint64_t> ranges;  // [begin, end) within the chunk, copied into `buffer`
+    uint64_t copied = 0;  // bytes in `ranges`
+    int using_buffer = 0;  // copies into it or taps of it in progress (outside the lock): not evictable
     uint64_t opened = 0;  // sequence number, for evicting the oldest
   };
   // Bytes of the file to write the plain way, outside the lock.
@@ -98,17 +99,14 @@ struct DirectWriter::State {
   std::mutex mu;  // guards everything below
   std::condition_variable idle;
   std::map<uint64_t, Chunk> open;                // by chunk index
-  std::map<uint64_t, ChunkBuffer> waiting;       // tap: complete chunks waiting for their turn
   std::unordered_map<uint64_t, uint64_t> plain;  // chunk index -> bytes written the plain way so far
   uint64_t sequence = 0;
-  uint64_t next_tap = 0;  // the chunk whose turn it is
-  bool tapping = false;   // a thread is tapping chunks now
+  uint64_t tapped = 0;    // tap: the bytes of the file tapped so far
+  bool tapping = false;   // tap: a thread is tapping now
   int in_flight = 0;
   Status failure;
 
   uint64_t ChunkLength(uint64_t index) const { return std::min(kChunkBytes, file_size - index * kChunkBytes); }
-  uint64_t ChunkCount() const { return (file_size + kChunkBytes - 1) / kChunkBytes; }
-  bool held_full() const { return open.size() + waiting.size() >= kMaxOpenChunks; }
 
   void Fail(const Status& status) {
     if (!status.ok() && failure.ok()) failure = status;
@@ -129,16 +127,18 @@ struct DirectWriter::State {
     idle.notify_all();
   }
 
-  // Chunk `index`, all of its bytes copied into `buffer`: to the disk now, or, with a tap, once its
-  // turn has come. REQUIRES: lock held; may release it meanwhile.
-  void Complete(uint64_t index, ChunkBuffer buffer, std::unique_lock<std::mutex>& lock);
-  // Makes room for one more held chunk: one of the held chunks goes the plain way from now on
-  // (with a tap, the waiting chunk furthest from its turn first, else the oldest partly written
-  // one not being copied into). Returns its bytes to write; nothing when every chunk is being
-  // copied into. REQUIRES: lock held.
+  // The bytes [within, within + n) of open chunk `index` are in its buffer now. Sends the chunk to
+  // the disk once complete (with a tap: once tapped), and taps what became its turn.
+  // REQUIRES: lock held; may release it meanwhile.
+  void Copied(uint64_t index, uint64_t within, uint64_t n, std::unique_lock<std::mutex>& lock);
+  // Sends a complete chunk to the disk. REQUIRES: lock held; releases it meanwhile.
+  void Submit(std::map<uint64_t, Chunk>::iterator chunk, std::unique_lock<std::mutex>& lock);
+  // Makes room for one more open chunk: one that is not in use goes the plain way from now on (a
+  // complete one waiting for its turn, the one furthest in the file, else the oldest). Returns its
+  // bytes to write; nothing when every open chunk is in use. REQUIRES: lock held.
   std::vector<PlainWrite> Evict(ChunkBuffer& evicted);
-  // Taps every chunk whose turn has come (unless another thread is doing so), sending the held
-  // ones to the disk after. REQUIRES: lock held; releases it meanwhile.
+  // Taps the bytes whose turn has come, as far as they are copied (unless another thread is
+  // tapping: that one goes on with them). REQUIRES: lock held; releases it meanwhile.
   void TapTurns(std::unique_lock<std::mutex>& lock);
   // Writes bytes the plain way and counts them towards their chunks. REQUIRES: lock not held.
   Status WritePlain(const std::vector<PlainWrite>& writes);
@@ -191,42 +191,69 @@ class IoThreads {
   std::deque<ChunkWrite> queue_;
 };
 
+// Adds [begin, end) to disjoint ranges, merging it with adjacent ones.
+void AddRange(std::map<uint64_t, uint64_t>& ranges, uint64_t begin, uint64_t end) {
+  auto next = ranges.upper_bound(begin);
+  if (next != ranges.end() && next->first == end) {
+    end = next->second;
+    next = ranges.erase(next);
+  }
+  if (next != ranges.begin()) {
+    auto prev = std::prev(next);
+    if (prev->second == begin) {
+      begin = prev->first;
+      ranges.erase(prev);
+    }
+  }
+  ranges.emplace(begin, end);
+}
+
 }  // namespace
 
-void DirectWriter::State::Complete(uint64_t index, ChunkBuffer buffer, std::unique_lock<std::mutex>& lock) {
+void DirectWriter::State::Copied(uint64_t index, uint64_t within, uint64_t n, std::unique_lock<std::mutex>& lock) {
+  auto it = open.find(index);
+  Chunk& chunk = it->second;
+  --chunk.using_buffer;
+  AddRange(chunk.ranges, within, within + n);
+  chunk.copied += n;
   if (tap) {
-    waiting.emplace(index, std::move(buffer));
     TapTurns(lock);
-    return;
+  } else if (chunk.copied == ChunkLength(index)) {
+    Submit(it, lock);
   }
-  const uint64_t length = ChunkLength(index);
-  if (direct_fd.valid()) std::memset(buffer.get() + length, 0, RoundUp(length, kAlign) - length);
+}
+
+void DirectWriter::State::Submit(std::map<uint64_t, Chunk>::iterator chunk, std::unique_lock<std::mutex>& lock) {
+  const uint64_t index = chunk->first, length = ChunkLength(index);
+  ChunkBuffer buffer = std::move(chunk->second.buffer);
+  open.erase(chunk);
   ++in_flight;
   lock.unlock();
+  if (direct_fd.valid()) std::memset(buffer.get() + length, 0, RoundUp(length, kAlign) - length);
   IoThreads::Get().Submit(ChunkWrite{this, std::move(buffer), index});
   lock.lock();
 }
 
 std::vector<DirectWriter::State::PlainWrite> DirectWriter::State::Evict(ChunkBuffer& evicted) {
   std::vector<PlainWrite> writes;
-  // A waiting chunk is complete: written whole now, read back for the tap later.
-  if (!waiting.empty()) {
-    auto last = std::prev(waiting.end());
-    const uint64_t index = last->first;
-    evicted = std::move(last->second);
-    waiting.erase(last);
-    plain.emplace(index, 0);
-    writes.push_back({index, index * kChunkBytes, {evicted.get(), ChunkLength(index)}});
-    return writes;
-  }
-  auto oldest = open.end();
+  auto victim = open.end();
   for (auto c = open.begin(); c != open.end(); ++c) {
-    if (c->second.copying == 0 && (oldest == open.end() || c->second.opened < oldest->second.opened)) oldest = c;
+    if (c->second.using_buffer > 0) continue;
+    const bool complete = c->second.copied == ChunkLength(c->first);
+    if (victim == open.end()) {
+      victim = c;
+      continue;
+    }
+    const bool victim_complete = victim->second.copied == ChunkLength(victim->first);
+    if (complete != victim_complete ? complete
+                                    : complete ? c->first > victim->first : c->second.opened < victim->second.opened) {
+      victim = c;
+    }
   }
-  if (oldest == open.end()) return writes;
-  const uint64_t index = oldest->first;
-  Chunk chunk = std::move(oldest->second);
-  open.erase(oldest);
+  if (victim == open.end()) return writes;
+  const uint64_t index = victim->first;
+  Chunk chunk = std::move(victim->second);
+  open.erase(victim);
   plain.emplace(index, 0);
   evicted = std::move(chunk.buffer);
   for (const auto& [begin, end] : chunk.ranges) {
@@ -255,40 +282,39 @@ Status DirectWriter::State::WritePlain(const std::vector<PlainWrite>& writes) {
 }
 
 void DirectWriter::State::TapTurns(std::unique_lock<std::mutex>& lock) {
-  if (tapping) return;  // that thread will find the chunks this one made ready
+  if (tapping) return;
   tapping = true;
-  const uint64_t chunks = ChunkCount();
-  while (next_tap < chunks) {
-    const uint64_t index = next_tap, length = ChunkLength(index);
-    ChunkBuffer buffer;
-    bool read_back = false;
-    if (auto w = waiting.find(index); w != waiting.end()) {
-      buffer = std::move(w->second);
-      waiting.erase(w);
-      ++in_flight;
-    } else if (auto p = plain.find(index); p != plain.end() && p->second == length) {
-      plain.erase(p);
-      read_back = true;
-    } else {
-      break;  // not complete yet: the thread that completes it taps it
+  while (tapped < file_size) {
+    const uint64_t index = tapped / kChunkBytes, within = tapped % kChunkBytes, length = ChunkLength(index);
+    if (auto it = open.find(index); it != open.end()) {
+      // The copied bytes from `within` on, right after the last tapped one; usually the piece this
+      // thread has just copied, still in its cache.
+      Chunk& chunk = it->second;
+      auto range = chunk.ranges.upper_bound(within);
+      if (range == chunk.ranges.begin() || std::prev(range)->second <= within) break;
+      const uint64_t n = std::prev(range)->second - within;
+      ++chunk.using_buffer;  // `chunk` stays open, its buffer in place
+      lock.unlock();
+      tap({chunk.buffer.get() + within, n});
+      lock.lock();
+      --chunk.using_buffer;
+      tapped += n;
+      if (within + n == length) Submit(it, lock);  // tapped to its end: complete
+      continue;
     }
+    auto p = plain.find(index);
+    if (p == plain.end() || p->second < length) break;  // not complete yet: its last write taps it
+    // Went the plain way (evicted): the rest of it is read back from the page cache.
+    plain.erase(p);
     lock.unlock();
-    Status status;
-    if (read_back) {
-      // Went the plain way (evicted): its bytes are in the page cache.
-      buffer = BufferPool::Get().Take();
-      Result<Fd> fd = OpenForRead(path);
-      status = fd.ok() ? PreadFull(fd->get(), {buffer.get(), length}, index * kChunkBytes, path) : fd.status();
-      if (status.ok()) tap({buffer.get(), length});
-      BufferPool::Get().Give(std::move(buffer));
-    } else {
-      tap({buffer.get(), length});
-      if (direct_fd.valid()) std::memset(buffer.get() + length, 0, RoundUp(length, kAlign) - length);
-      IoThreads::Get().Submit(ChunkWrite{this, std::move(buffer), index});
-    }
+    ChunkBuffer buffer = BufferPool::Get().Take();
+    Result<Fd> fd = OpenForRead(path);
+    Status status = fd.ok() ? PreadFull(fd->get(), {buffer.get(), length - within}, tapped, path) : fd.status();
+    if (status.ok()) tap({buffer.get(), length - within});
+    BufferPool::Get().Give(std::move(buffer));
     lock.lock();
     Fail(status);
-    ++next_tap;
+    tapped += length - within;
   }
   tapping = false;
 }
@@ -365,7 +391,7 @@ Status DirectWriter::Write(uint64_t offset, std::span<const uint8_t> bytes) {
         plain_writes.push_back({index, index * kChunkBytes + within, piece});
       } else {
         if (it == s.open.end()) {
-          if (s.held_full()) plain_writes = s.Evict(evicted);
+          if (s.open.size() >= kMaxOpenChunks) plain_writes = s.Evict(evicted);
           lock.unlock();
           ChunkBuffer buffer = BufferPool::Get().Take();  // may allocate: outside the lock
           lock.lock();
@@ -377,23 +403,8 @@ Status DirectWriter::Write(uint64_t offset, std::span<const uint8_t> bytes) {
             BufferPool::Get().Give(std::move(buffer));  // another thread opened it meanwhile
           }
         }
-        State::Chunk& chunk = it->second;
-        auto next = chunk.ranges.upper_bound(within);
-        uint64_t begin = within, end = within + piece.size();
-        if (next != chunk.ranges.end() && next->first == end) {
-          end = next->second;
-          next = chunk.ranges.erase(next);
-        }
-        if (next != chunk.ranges.begin()) {
-          auto prev = std::prev(next);
-          if (prev->second == begin) {
-            begin = prev->first;
-            chunk.ranges.erase(prev);
-          }
-        }
-        chunk.ranges.emplace(begin, end);
-        ++chunk.copying;
-        destination = chunk.buffer.get() + within;
+        ++it->second.using_buffer;
+        destination = it->second.buffer.get() + within;
       }
     }
     if (destination != nullptr) {
@@ -401,15 +412,7 @@ Status DirectWriter::Write(uint64_t offset, std::span<const uint8_t> bytes) {
       // last one is done.
       std::memcpy(destination, piece.data(), piece.size());
       std::unique_lock<std::mutex> lock(s.mu);
-      auto it = s.open.find(index);
-      State::Chunk& chunk = it->second;
-      --chunk.copying;
-      chunk.copied += piece.size();
-      if (chunk.copied == s.ChunkLength(index)) {
-        ChunkBuffer buffer = std::move(chunk.buffer);
-        s.open.erase(it);
-        s.Complete(index, std::move(buffer), lock);
-      }
+      s.Copied(index, within, piece.size(), lock);
     }
     const Status status = s.WritePlain(plain_writes);
     if (evicted) BufferPool::Get().Give(std::move(evicted));
@@ -423,9 +426,8 @@ Status DirectWriter::Finish() {
   std::unique_lock<std::mutex> lock(s.mu);
   s.idle.wait(lock, [&] { return s.in_flight == 0; });
   STQ_RETURN_IF_ERROR(s.failure);
-  if (!s.open.empty() || !s.waiting.empty() || (s.tap && s.next_tap != s.ChunkCount())) {
-    return Status::Internal(fmt::format("{}: {} chunks still incomplete at the end of writing", s.path,
-                                        s.open.size() + s.waiting.size()));
+  if (!s.open.empty() || (s.tap && s.tapped != s.file_size)) {
+    return Status::Internal(fmt::format("{}: {} chunks still incomplete at the end of writing", s.path, s.open.size()));
   }
   if (!s.direct_fd.valid()) return Status::Ok();
   while (::ftruncate(s.buffered_fd, static_cast<off_t>(s.file_size)) != 0) {

@@ -222,6 +222,40 @@ TEST_F(WriterTest, LargeFileInShuffledPiecesFromTwoThreads) {
   }
 }
 
+// The in-order tap (how the ollama layout hashes a blob while writing it) gets exactly the bytes
+// of the committed file, header first, whatever the write order, for small and large files.
+TEST_F(WriterTest, InOrderTapGetsTheFileAsCommitted) {
+  for (const uint64_t rows : {uint64_t{3}, uint64_t{1300}}) {
+    constexpr uint64_t kRowBytes = 16 << 10;
+    std::string tapped;
+    auto writer = Writer::Create(path(), {{"big", DType::kU8, {rows, kRowBytes}}, {"odd", DType::kU8, {12345}}},
+                                 Metadata{{"quant_type", "int4"}}, [&](std::span<const uint8_t> bytes) {
+                                   tapped.append(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+                                 });
+    ASSERT_THAT(writer, IsOk());
+    const std::vector<uint8_t> big = Pattern(rows * kRowBytes, 5), odd = Pattern(12345, 6);
+    ASSERT_THAT((*writer)->WriteTensorData(1, 0, odd), IsOk());  // the end of the file first
+    std::vector<uint64_t> order(rows);
+    std::iota(order.begin(), order.end(), 0);
+    std::shuffle(order.begin(), order.end(), std::mt19937(7));
+    std::vector<std::thread> threads;
+    std::atomic<int> failures{0};
+    for (int t = 0; t < 2; ++t) {
+      threads.emplace_back([&, t] {
+        for (size_t i = t; i < order.size(); i += 2) {
+          const uint64_t r = order[i];
+          if (!(*writer)->WriteTensorData(0, r * kRowBytes, std::span(big).subspan(r * kRowBytes, kRowBytes)).ok()) ++failures;
+        }
+      });
+    }
+    for (auto& th : threads) th.join();
+    ASSERT_EQ(failures.load(), 0);
+    EXPECT_EQ(tapped.size(), (*writer)->file_size()) << rows;
+    ASSERT_THAT((*writer)->Commit(), IsOk());
+    EXPECT_TRUE(tapped == ReadBytes(path())) << rows;
+  }
+}
+
 TEST_F(WriterTest, EnospcInLargeFileLeavesNothingAndKeepsTheOldFile) {
   WriteBytes(path(), "previous version");
   {
