@@ -313,20 +313,41 @@ Status WritePrequantBlobs(TensorBlobs& blobs, const model::PlanContext& context,
   });
 }
 
-// The tensor blobs of a plan, in plan (blob) order, each written by all threads.
+// Blobs of fewer source bytes than this are written one per thread, several at once: a blob of a
+// few tasks gains little from being split, while its fixed costs (files, header, commit) would be
+// paid by one thread at a time. Larger blobs are each written by all threads, their hash still
+// taken in file order (DirectWriter's tap).
+constexpr uint64_t kOneThreadBlobBytes = 1 << 20;
+
+// The tensor blobs of a plan, in plan (blob) order.
 Status WritePlanBlobs(TensorBlobs& blobs, const model::PlanContext& context,
                       const std::vector<model::OllamaPrequantBlob>& prequant_blobs, const std::string& prefix,
                       const ConvertOptions& options) {
   if (context.prequant) return WritePrequantBlobs(blobs, context, prequant_blobs, prefix, options);
+  const model::Inventory& inv = *context.inventory;
   const std::vector<PlannedTensor>& tensors = context.plan.tensors;
-  auto rows_of = [&](const PlannedTensor& t) { return PlannedRows(*context.inventory, t, options.profile); };
-  for (size_t i = 0; i < tensors.size();) {
+  auto rows_of = [&](const PlannedTensor& t) { return PlannedRows(inv, t, options.profile); };
+  struct Blob {
     std::vector<const PlannedTensor*> members;
-    size_t j = i;
-    while (j < tensors.size() && tensors[j].blob == tensors[i].blob) members.push_back(&tensors[j++]);
-    STQ_RETURN_IF_ERROR(
-        WriteTensorBlob(blobs, blobs.Reserve(1), *context.inventory, members, prefix, rows_of, options));
-    i = j;
+    uint64_t source_bytes = 0;
+  };
+  std::vector<Blob> plan_blobs;
+  for (const PlannedTensor& t : tensors) {
+    if (plan_blobs.empty() || plan_blobs.back().members.front()->blob != t.blob) plan_blobs.emplace_back();
+    plan_blobs.back().members.push_back(&t);
+    for (const PlannedSource& s : t.sources) plan_blobs.back().source_bytes += inv.FindInfo(s.tensor)->nbytes();
+  }
+  auto small = [&](size_t i) { return plan_blobs[i].source_bytes < kOneThreadBlobBytes; };
+  for (size_t i = 0; i < plan_blobs.size();) {
+    size_t end = i + 1;
+    if (small(i)) {
+      while (end < plan_blobs.size() && small(end)) ++end;
+    }
+    const size_t first = blobs.Reserve(end - i);
+    STQ_RETURN_IF_ERROR(util::ParallelFor(static_cast<int64_t>(end - i), options.threads, [&](int64_t k) {
+      return WriteTensorBlob(blobs, first + k, inv, plan_blobs[i + k].members, prefix, rows_of, options);
+    }));
+    i = end;
   }
   return Status::Ok();
 }
