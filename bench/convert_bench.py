@@ -12,7 +12,7 @@ each page-cache state
      `--policy ollama`: the tensors and types of the ollama layout), and into the ollama layout
      (a fresh model store: every blob is written and hashed);
   3. `mlx_lm.convert` (pip, CPU) with the same settings, for sizes <= --mlx-lm-max-gb.
-Every run is timed with /usr/bin/time -v (wall time, peak RSS). With --repeat N the runs of one
+Every run is timed with /usr/bin/time -v (wall time, CPU time, peak RSS). With --repeat N the runs of one
 size and cache state are interleaved (A, B, C, A, B, C, ...) so that load from elsewhere hits them
 alike; the table gives the best of N and the spread (slowest - best) as the noise. `cold` drops
 the page cache (root) before each run; `warm` reads the input once first. Ratios: mlx_lm.convert /
@@ -35,17 +35,19 @@ MODES = {"int4": (["-q", "int4"], ["-q"]), "mxfp4": (["-q", "mxfp4"], ["-q", "--
 
 
 def run_timed(cmd):
-    """Runs cmd under /usr/bin/time -v; returns (wall seconds or None when it failed, peak RSS
-    bytes). A failure (e.g. mlx_lm.convert killed for memory) is reported, not fatal."""
+    """Runs cmd under /usr/bin/time -v; returns (wall seconds or None when it failed, CPU seconds
+    (user + system), peak RSS bytes). A failure (e.g. mlx_lm.convert killed for memory) is
+    reported, not fatal."""
     start = time.monotonic()
     proc = subprocess.run(["/usr/bin/time", "-v", *map(str, cmd)], capture_output=True, text=True)
     wall = time.monotonic() - start
     rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1)) * 1024
+    cpu = sum(float(re.search(rf"{kind} time \(seconds\): ([0-9.]+)", proc.stderr).group(1)) for kind in ("User", "System"))
     if proc.returncode != 0 or "terminated by signal" in proc.stderr:
         print(f"  FAILED after {wall:.1f} s (peak RSS {rss / 2**30:.1f} GiB): {' '.join(map(str, cmd))}: "
               f"{proc.stderr.strip().splitlines()[0]}", flush=True)
-        return None, rss
-    return wall, rss
+        return None, cpu, rss
+    return wall, cpu, rss
 
 
 def drop_caches():
@@ -72,22 +74,28 @@ class Run:
 
     def __init__(self, label, cmd, output=None, mode=None, layout=None):
         self.label, self.cmd, self.output, self.mode, self.layout = label, cmd, output, mode, layout
-        self.walls, self.rss = [], 0
+        self.walls, self.cpus, self.rss = [], [], 0
 
     def once(self, model, cache):
         if self.output:
             shutil.rmtree(self.output, ignore_errors=True)
         prepare(model, cache)
-        wall, rss = run_timed(self.cmd)
+        wall, cpu, rss = run_timed(self.cmd)
         if self.output:
             shutil.rmtree(self.output, ignore_errors=True)
         if wall is not None:
             self.walls.append(wall)
+            self.cpus.append(cpu)
         self.rss = max(self.rss, rss)
 
     @property
     def best(self):
         return min(self.walls) if self.walls else None
+
+    @property
+    def cpu(self):
+        """CPU seconds of the run with the best wall time."""
+        return self.cpus[self.walls.index(self.best)]
 
 
 def main():
@@ -166,17 +174,18 @@ def main():
                 vs_mlx = run.best / mlx_best if run.layout == "ollama" and mlx_best else None
                 vs_cat = run.best / read_limit if read_limit and run is not runs[0] else None
                 row = (size, cache, run.label, run.best, max(run.walls) - run.best, gb / run.best, run.rss, speedup,
-                       vs_mlx, vs_cat)
+                       vs_mlx, vs_cat, run.cpu)
                 rows.append(row)
-                print(f"  {run.label:<44} {run.best:7.2f} s (+{row[4]:.2f}) {row[5]:6.2f} GB/s  RSS {run.rss / 2**20:7.1f} MiB" +
+                print(f"  {run.label:<44} {run.best:7.2f} s (+{row[4]:.2f}, CPU {run.cpu:5.2f} s) {row[5]:6.2f} GB/s  "
+                      f"RSS {run.rss / 2**20:7.1f} MiB" +
                       (f"  x{speedup:.1f} mlx_lm" if speedup else "") + (f"  {vs_mlx:.2f}x mlx layout" if vs_mlx else "") +
                       (f"  {vs_cat:.2f}x cat" if vs_cat else ""), flush=True)
 
     if args.markdown:
-        lines = [header, "", "| size | cache | run | best wall s | spread s | GB/s of input | peak RSS MiB | vs mlx_lm | "
-                 "vs mlx layout | vs cat |", "|---|---|---|---|---|---|---|---|---|---|"]
+        lines = [header, "", "| size | cache | run | best wall s | spread s | CPU s | GB/s of input | peak RSS MiB | "
+                 "vs mlx_lm | vs mlx layout | vs cat |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
-            lines.append(f"| {r[0]:g} GB | {r[1]} | {r[2]} | {r[3]:.2f} | {r[4]:.2f} | {r[5]:.2f} | {r[6] / 2**20:.0f} | "
+            lines.append(f"| {r[0]:g} GB | {r[1]} | {r[2]} | {r[3]:.2f} | {r[4]:.2f} | {r[10]:.2f} | {r[5]:.2f} | {r[6] / 2**20:.0f} | "
                          f"{'%.1fx' % r[7] if r[7] else ''} | {'%.2fx' % r[8] if r[8] else ''} | {'%.2fx' % r[9] if r[9] else ''} |")
         args.markdown.write_text("\n".join(lines) + "\n")
 

@@ -5,12 +5,13 @@
 //
 // A blob is written to a hidden temporary file in blobs/ (".stquant-tmp-<pid>-<random>-<n>",
 // marked in use by the lock file ".stquant-tmp-<pid>-<random>.lock" the store holds), hashed as it
-// is written, fsynced and renamed onto its digest name; when that name exists already (the same bytes from an
-// earlier import or another model) the temporary file is dropped and the existing blob reused.
-// So a file named sha256-<hex> always holds exactly the bytes of that digest, even after a crash.
-// The manifest is written last, atomically, so an interrupted import leaves no model visible;
-// temporary files whose lock nobody holds (killed processes) are removed when a store is opened,
-// never those of a concurrent import.
+// is written, fsynced and renamed onto its digest name; when that name exists already (the same
+// bytes from an earlier import or another model) the temporary file is dropped and the existing
+// blob reused. So a file named sha256-<hex> always holds exactly the bytes of that digest, even
+// after a crash. The manifest is written last, atomically, after one fsync of blobs/ has made the
+// new names durable, so an interrupted import leaves no model visible; temporary files whose lock
+// nobody holds (killed processes) are removed when a store is opened, never those of a concurrent
+// import.
 #pragma once
 
 #include <cstdint>
