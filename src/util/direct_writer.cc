@@ -31,6 +31,9 @@ constexpr uint64_t kAlign = 4096;
 // Chunk writes in flight at once: a virtio or NVMe disk needs a few to reach its bandwidth.
 constexpr int kIoThreads = 4;
 constexpr size_t kMaxQueued = 8;
+// With a tap: a thread about to start a new chunk waits while this many are held and a tap is
+// under way (the tap is one thread; the producers are many).
+constexpr size_t kTapBacklogChunks = DirectWriter::kMaxOpenChunks / 2;
 
 struct FreeAligned {
   void operator()(uint8_t* p) const { std::free(p); }
@@ -98,6 +101,7 @@ struct DirectWriter::State {
 
   std::mutex mu;  // guards everything below
   std::condition_variable idle;
+  std::condition_variable tap_caught_up;  // a tapped chunk was sent, or the tapping stopped
   std::map<uint64_t, Chunk> open;                // by chunk index
   std::unordered_map<uint64_t, uint64_t> plain;  // chunk index -> bytes written the plain way so far
   uint64_t sequence = 0;
@@ -227,6 +231,7 @@ void DirectWriter::State::Submit(std::map<uint64_t, Chunk>::iterator chunk, std:
   const uint64_t index = chunk->first, length = ChunkLength(index);
   ChunkBuffer buffer = std::move(chunk->second.buffer);
   open.erase(chunk);
+  if (tap) tap_caught_up.notify_all();
   ++in_flight;
   lock.unlock();
   if (direct_fd.valid()) std::memset(buffer.get() + length, 0, RoundUp(length, kAlign) - length);
@@ -317,6 +322,7 @@ void DirectWriter::State::TapTurns(std::unique_lock<std::mutex>& lock) {
     tapped += length - within;
   }
   tapping = false;
+  tap_caught_up.notify_all();
 }
 
 namespace {
@@ -390,6 +396,12 @@ Status DirectWriter::Write(uint64_t offset, std::span<const uint8_t> bytes) {
       if (s.plain.count(index)) {
         plain_writes.push_back({index, index * kChunkBytes + within, piece});
       } else {
+        if (it == s.open.end()) {
+          // Producing faster than the tap takes the bytes: wait while it catches up, rather than
+          // hold ever more chunks (it always can: it needs no byte from a thread waiting here).
+          s.tap_caught_up.wait(lock, [&] { return !s.tapping || s.open.size() < kTapBacklogChunks; });
+          it = s.open.find(index);
+        }
         if (it == s.open.end()) {
           if (s.open.size() >= kMaxOpenChunks) plain_writes = s.Evict(evicted);
           lock.unlock();

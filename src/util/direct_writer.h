@@ -6,10 +6,13 @@
 // under a hypervisor) and left fsync a long wait at the end.
 //
 // With an in-order tap (a content hash taken while writing), every byte is also handed to the tap
-// once, in file order: a chunk completed ahead of its turn waits in memory until the chunks before
-// it have been tapped, then goes to the disk. A producer that writes in about file order (blocks
-// handed out in order to a few threads) keeps only a few chunks waiting; one that writes a later
-// region alongside (a tensor's scales beside its packed words) keeps that region's chunks.
+// once, in file order, as soon as the bytes before it have been: mostly the piece a thread has
+// just written, while it is in its cache. A chunk completed ahead of its turn waits in memory
+// until it has been tapped, then goes to the disk. A producer that writes in about file order
+// (blocks handed out in order to a few threads) keeps only a few chunks waiting; one that writes a
+// later region alongside (a tensor's scales beside its packed words) keeps that region's chunks.
+// The tap is one thread at a time: while it is under way and half of kMaxOpenChunks are held, a
+// thread about to start another chunk waits for it to catch up.
 //
 // Memory stays bounded whatever the write order: at most kMaxOpenChunks chunks are held, partly
 // written or waiting for their turn; past that, the bytes of one of them go through plain pwrite
