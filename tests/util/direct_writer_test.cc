@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <random>
 #include <thread>
 #include <vector>
@@ -200,6 +201,24 @@ TEST_F(DirectWriterTest, TapOfPartlyWrittenChunksThatWentThePlainWay) {
   for (uint64_t c = 0; c < chunks; ++c) pieces.push_back({c * kChunk, kChunk / 2 + 1});
   for (uint64_t c = chunks; c-- > 0;) pieces.push_back({c * kChunk + kChunk / 2 + 1, kChunk / 2 - 1});
   ASSERT_THAT(WriteAll(data, pieces, 2), IsOk());
+  EXPECT_TRUE(tapped_ == data);
+  ASSERT_THAT(writer_->Finish(), IsOk());
+  EXPECT_TRUE(ReadBytes(path_) == data);
+}
+
+TEST_F(DirectWriterTest, SlowTapHoldsBackTheWritersWithoutDeadlock) {
+  // The tap is much slower than 4 writers: they wait for it to catch up (never for each other).
+  const uint64_t size = (DirectWriter::kMaxOpenChunks + 20) * kChunk + 99;
+  path_ = dir_.File("out.bin");
+  fd_ = Fd(::open(path_.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  ASSERT_TRUE(fd_.valid());
+  writer_ = DirectWriter::Open(path_, fd_.get(), size, [this](std::span<const uint8_t> bytes) {
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+    tapped_.append(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+  });
+  const std::string data = RandomBytes(size, 14);
+  std::mt19937 rng(15);
+  ASSERT_THAT(WriteAll(data, RandomPieces(size, rng), 4), IsOk());
   EXPECT_TRUE(tapped_ == data);
   ASSERT_THAT(writer_->Finish(), IsOk());
   EXPECT_TRUE(ReadBytes(path_) == data);
