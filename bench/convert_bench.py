@@ -3,7 +3,7 @@
 machine's read and copy limits and vs pip mlx_lm.convert, on synthetic Qwen3-MoE-shaped checkpoints.
 
     bench/convert [--sizes 2,8] [--work DIR] [--cache warm,cold] [--repeat 3] [--modes int4,nvfp4]
-                  [--layouts mlx,ollama] [--mlx-lm-max-gb 2] [--markdown FILE]
+                  [--layouts mlx,ollama] [--baseline OTHER_STQUANT] [--mlx-lm-max-gb 2] [--markdown FILE]
 
 For each size: generates the model once (build/tools/make_synthetic_model, ~2 GB shards), then for
 each page-cache state
@@ -109,6 +109,8 @@ def main():
     ap.add_argument("--mlx-lm-max-gb", type=float, default=2.0, help="run mlx_lm.convert only up to this size")
     ap.add_argument("--mlx-lm-modes", default="int4,mxfp4,nvfp4,mxfp8", help="modes to run mlx_lm.convert for")
     ap.add_argument("--no-copy", action="store_true", help="skip the cp + sync row (slow on some disks)")
+    ap.add_argument("--baseline", type=Path, help="another stquant binary (e.g. of the main branch): its ollama "
+                    "layout runs are added, interleaved with the others")
     ap.add_argument("--markdown", type=Path, help="also write the table as markdown to this file")
     args = ap.parse_args()
 
@@ -158,6 +160,10 @@ def main():
                     runs.append(Run(f"stquant {name}, ollama layout",
                                     [stquant, "convert", model, "--layout", "ollama", "--name", "bench", "--models-dir",
                                      store, "--quiet", *ours], store, name, "ollama"))
+                if args.baseline:
+                    runs.append(Run(f"baseline {name}, ollama layout",
+                                    [args.baseline, "convert", model, "--layout", "ollama", "--name", "bench",
+                                     "--models-dir", store, "--quiet", *ours], store, name, "ollama"))
             for _ in range(args.repeat):
                 for run in runs:
                     run.once(model, cache)

@@ -95,10 +95,10 @@ class Tally {
 // The tensor blobs. Each is written to a temporary file of the store, its SHA-256 taken in file
 // order while its bytes are produced (safetensors::Writer's in-order tap: never read back), then
 // committed in the background while the next blobs are written: its last chunk writes waited for,
-// fsynced, renamed onto its digest name. Up to kMaxCommits commits run at once: their fsyncs share
-// the file system's journal commits, where one after the other each would wait for its own (on
-// the machine of docs/performance.md, 194 small files took 1.1 s to fsync one by one, 28 ms from
-// 32 threads). The layers take the places reserved for them, whatever order blobs finish in.
+// fsynced, renamed onto its digest name. Up to kMaxCommits commits run at once, so that their
+// fsyncs overlap: one after the other, each waits for the disk (on the machine of
+// docs/performance.md, 194 small files took 1.1 s to fsync one by one, 28 ms from 32 threads).
+// The layers take the places reserved for them, whatever order blobs finish in.
 class TensorBlobs {
  public:
   static constexpr size_t kMaxCommits = 32;
