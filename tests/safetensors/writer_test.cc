@@ -48,6 +48,27 @@ Status FillAll(Writer& writer) {
   return Status::Ok();
 }
 
+// Writes rows of `row_bytes` of tensor 0 from `data`, in a shuffled order (`seed`), from two
+// threads; the number of writes that failed.
+int WriteRowsShuffledFromTwoThreads(Writer& writer, const std::vector<uint8_t>& data, uint64_t row_bytes,
+                                    uint32_t seed) {
+  std::vector<uint64_t> rows(data.size() / row_bytes);
+  std::iota(rows.begin(), rows.end(), 0);
+  std::shuffle(rows.begin(), rows.end(), std::mt19937(seed));
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 2; ++t) {
+    threads.emplace_back([&, t] {
+      for (size_t i = t; i < rows.size(); i += 2) {
+        const uint64_t r = rows[i];
+        if (!writer.WriteTensorData(0, r * row_bytes, std::span(data).subspan(r * row_bytes, row_bytes)).ok()) ++failures;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  return failures.load();
+}
+
 class WriterTest : public ::testing::Test {
  protected:
   std::string path() const { return dir_.File("out.safetensors"); }
@@ -194,21 +215,7 @@ TEST_F(WriterTest, LargeFileInShuffledPiecesFromTwoThreads) {
   auto writer = Writer::Create(path(), decls, Metadata{{"format", "mlx"}});
   ASSERT_THAT(writer, IsOk());
   const std::vector<uint8_t> big = Pattern(kRows * kRowBytes, 1), odd = Pattern(1234567, 2);
-  std::vector<uint64_t> rows(kRows);
-  std::iota(rows.begin(), rows.end(), 0);
-  std::shuffle(rows.begin(), rows.end(), std::mt19937(3));
-  std::atomic<int> failures{0};
-  std::vector<std::thread> threads;
-  for (int t = 0; t < 2; ++t) {
-    threads.emplace_back([&, t] {
-      for (size_t i = t; i < rows.size(); i += 2) {
-        const uint64_t r = rows[i];
-        if (!(*writer)->WriteTensorData(0, r * kRowBytes, std::span(big).subspan(r * kRowBytes, kRowBytes)).ok()) ++failures;
-      }
-    });
-  }
-  for (auto& th : threads) th.join();
-  ASSERT_EQ(failures.load(), 0);
+  ASSERT_EQ(WriteRowsShuffledFromTwoThreads(**writer, big, kRowBytes, 3), 0);
   ASSERT_THAT((*writer)->WriteTensorData(1, 0, odd), IsOk());
   ASSERT_THAT((*writer)->Commit(), IsOk());
   EXPECT_EQ(ReadBytes(path()).size(), (*writer)->file_size());
@@ -235,21 +242,7 @@ TEST_F(WriterTest, InOrderTapGetsTheFileAsCommitted) {
     ASSERT_THAT(writer, IsOk());
     const std::vector<uint8_t> big = Pattern(rows * kRowBytes, 5), odd = Pattern(12345, 6);
     ASSERT_THAT((*writer)->WriteTensorData(1, 0, odd), IsOk());  // the end of the file first
-    std::vector<uint64_t> order(rows);
-    std::iota(order.begin(), order.end(), 0);
-    std::shuffle(order.begin(), order.end(), std::mt19937(7));
-    std::vector<std::thread> threads;
-    std::atomic<int> failures{0};
-    for (int t = 0; t < 2; ++t) {
-      threads.emplace_back([&, t] {
-        for (size_t i = t; i < order.size(); i += 2) {
-          const uint64_t r = order[i];
-          if (!(*writer)->WriteTensorData(0, r * kRowBytes, std::span(big).subspan(r * kRowBytes, kRowBytes)).ok()) ++failures;
-        }
-      });
-    }
-    for (auto& th : threads) th.join();
-    ASSERT_EQ(failures.load(), 0);
+    ASSERT_EQ(WriteRowsShuffledFromTwoThreads(**writer, big, kRowBytes, 7), 0);
     EXPECT_EQ(tapped.size(), (*writer)->file_size()) << rows;
     ASSERT_THAT((*writer)->Commit(), IsOk());
     EXPECT_TRUE(tapped == ReadBytes(path())) << rows;

@@ -48,6 +48,15 @@ std::vector<Piece> RandomPieces(uint64_t size, std::mt19937& rng) {
   return pieces;
 }
 
+// The first half (and a byte) of each of `chunks` chunks, then the second halves from the last
+// chunk to the first: every chunk is partly written before any is complete.
+std::vector<Piece> HalvesThenSecondHalvesBackwards(uint64_t chunks) {
+  std::vector<Piece> pieces;
+  for (uint64_t c = 0; c < chunks; ++c) pieces.push_back({c * kChunk, kChunk / 2 + 1});
+  for (uint64_t c = chunks; c-- > 0;) pieces.push_back({c * kChunk + kChunk / 2 + 1, kChunk / 2 - 1});
+  return pieces;
+}
+
 class DirectWriterTest : public ::testing::Test {
  protected:
   // Creates the file as the safetensors Writer does (an open descriptor) and a DirectWriter on it.
@@ -124,10 +133,7 @@ TEST_F(DirectWriterTest, ManyPartlyWrittenChunksGoThePlainWay) {
   Open(size);
   if (writer_ == nullptr) GTEST_SKIP() << "no O_DIRECT on the test directory's file system";
   const std::string data = RandomBytes(size, 3);
-  std::vector<Piece> pieces;
-  for (uint64_t c = 0; c < chunks; ++c) pieces.push_back({c * kChunk, kChunk / 2 + 1});
-  for (uint64_t c = chunks; c-- > 0;) pieces.push_back({c * kChunk + kChunk / 2 + 1, kChunk / 2 - 1});
-  ASSERT_THAT(WriteAll(data, pieces, 1), IsOk());
+  ASSERT_THAT(WriteAll(data, HalvesThenSecondHalvesBackwards(chunks), 1), IsOk());
   ASSERT_THAT(writer_->Finish(), IsOk());
   EXPECT_TRUE(ReadBytes(path_) == data);
 }
@@ -197,10 +203,7 @@ TEST_F(DirectWriterTest, TapOfPartlyWrittenChunksThatWentThePlainWay) {
   const uint64_t size = chunks * kChunk;
   OpenTapped(size);
   const std::string data = RandomBytes(size, 11);
-  std::vector<Piece> pieces;
-  for (uint64_t c = 0; c < chunks; ++c) pieces.push_back({c * kChunk, kChunk / 2 + 1});
-  for (uint64_t c = chunks; c-- > 0;) pieces.push_back({c * kChunk + kChunk / 2 + 1, kChunk / 2 - 1});
-  ASSERT_THAT(WriteAll(data, pieces, 2), IsOk());
+  ASSERT_THAT(WriteAll(data, HalvesThenSecondHalvesBackwards(chunks), 2), IsOk());
   EXPECT_TRUE(tapped_ == data);
   ASSERT_THAT(writer_->Finish(), IsOk());
   EXPECT_TRUE(ReadBytes(path_) == data);
