@@ -43,7 +43,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
   }
 
-  auto config = stquant::model::ParseJsonObjectText(text, "dir/config.json");
+  auto config = stquant::model::ParseJsonObjectText(text, "dir/config.json", stquant::util::kJsonConfigLimit);
   if (!config.ok()) {
     RequireCleanError(config.status());
     return 0;

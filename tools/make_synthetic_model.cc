@@ -37,6 +37,7 @@
 #include "numeric/fp8.h"
 #include "stquant/safetensors.h"
 #include "util/file.h"
+#include "util/input_file.h"
 
 namespace {
 
@@ -327,14 +328,8 @@ Status WriteText(const std::string& path, const std::string& text) {
   return file.Commit();
 }
 
-Result<std::string> ReadText(const std::string& path) {
-  STQ_ASSIGN_OR_RETURN(stquant::util::Fd fd, stquant::util::OpenForRead(path));
-  STQ_ASSIGN_OR_RETURN(uint64_t size, stquant::util::RegularFileSize(fd.get(), path));
-  std::string text(size, '\0');
-  STQ_RETURN_IF_ERROR(stquant::util::PreadFull(
-      fd.get(), std::span<uint8_t>(reinterpret_cast<uint8_t*>(text.data()), text.size()), 0, path));
-  return text;
-}
+// The files copied from --tokenizer-from (a real tokenizer.json is tens of MB).
+constexpr stquant::util::InputLimit kTokenizerFileLimit{256u << 20, 0, "a tokenizer file"};
 
 std::string ShardName(size_t i, size_t n) {
   char buf[64];
@@ -426,7 +421,7 @@ Status Run(const Options& o) {
       const std::string src = o.tokenizer_from + "/" + file;
       std::error_code ec;
       if (std::string(file) == "generation_config.json" && !fs::exists(src, ec)) continue;
-      STQ_ASSIGN_OR_RETURN(std::string text, ReadText(src));
+      STQ_ASSIGN_OR_RETURN(std::string text, stquant::util::ReadRegularFile(src, kTokenizerFileLimit));
       STQ_RETURN_IF_ERROR(WriteText(o.out + "/" + file, text));
       if (std::string(file) == "generation_config.json") have_generation_config = true;
     }

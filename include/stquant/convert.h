@@ -11,6 +11,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "stquant/dtype.h"
@@ -59,6 +60,13 @@ struct ConvertOptions {
   // imported without touching a code; with `quant` set it is an error unless `requantize`, which
   // dequantizes it with the source format's arithmetic and quantizes again (loses accuracy).
   bool requantize = false;
+  // mlx_lm.convert --dtype: the dtype of every floating tensor that is not quantized (and of the
+  // values quantized, hence of affine scales and biases); nullopt: config.json's torch_dtype (or
+  // text_config dtype), as mlx-lm.
+  std::optional<DType> dtype;
+  // mlx_lm.convert --dequantize: an already-quantized source is written as floats (its layers
+  // dequantized with the source's arithmetic); a float source is converted without quantization.
+  bool dequantize = false;
 
   // Layout kOllama.
   std::string model_name;  // "foo", "me/foo:v1", "host/ns/foo:tag" (ollama-create-spec §9.3)
@@ -99,6 +107,15 @@ struct PlannedTensor {
   std::string blob;
 };
 
+// Layout kOllama: one layer of the manifest an import writes (ollama-create-spec §9.2). Digests are
+// known only once a blob is written, except for the layers of a FROM model, which are reused.
+struct PlannedLayer {
+  std::string media_type;
+  std::string name;    // blob name ("" for Modelfile text layers)
+  uint64_t bytes = 0;  // tensor blobs: their tensors' data; other layers: the blob's size
+  std::string digest;  // "sha256:<hex>" when known
+};
+
 struct ConversionPlan {
   std::string architecture;  // config model_type
   std::string source_kind;   // "float", "block-fp8"
@@ -110,7 +127,16 @@ struct ConversionPlan {
   uint64_t parameters = 0;    // logical parameter count (mlx-lm's total_parameters)
   std::vector<std::string> copied_files;  // tokenizer, generation config, chat templates, ...
   std::vector<std::string> warnings;
+  // Layout kOllama: the manifest the import would write (its layers in order) and where.
+  std::string manifest_path;
+  std::vector<PlannedLayer> manifest_layers;
 };
+
+// ollama create's --quantize names (ollama-create-spec §3), trimmed and case-insensitive: int4,
+// q4, fp4 -> int4; int8, q8, fp8 -> int8 (affine, group 64); nvfp4; mxfp4; mxfp8. Anything else
+// is InvalidArgument with ollama's text: `unsupported <what> "<name>": supported types are int4,
+// int8, nvfp4, mxfp4, mxfp8`.
+Result<QuantSpec> ParseOllamaQuantType(std::string_view name, std::string_view what = "--quantize");
 
 // Reads headers only. Errors name the file and the tensor; kUnsupported for quantized formats
 // stquant does not read (GPTQ, AWQ, bitsandbytes, ...) and for already-quantized layers that

@@ -9,6 +9,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "stquant/convert.h"
 #include "stquant/status.h"
 
 namespace stquant::cli {
@@ -21,5 +22,16 @@ void RegisterQuantizeCommand(CLI::App& app, Status* status);
 void RegisterConvertCommand(CLI::App& app, Status* status);
 // stquant dequantize IN -o OUT [--dtype bf16|f16|f32]
 void RegisterDequantizeCommand(CLI::App& app, Status* status);
+// stquant mlx-convert --hf-path SRC [--mlx-path OUT] [-q] [...]: mlx_lm.convert's flags
+void RegisterMlxConvertCommand(CLI::App& app, Status* status);
+
+// How RunConversion reports: --dry-run [--json] prints the plan instead; --quiet silences the
+// progress bar and the summary.
+struct ConversionOutput {
+  bool dry_run = false, json = false, quiet = false;
+};
+// Carries out (or with dry_run, plans) a conversion with convert's progress bar and summary;
+// shared by `convert` and `mlx-convert`.
+Status RunConversion(const ConvertOptions& options, const ConversionOutput& output);
 
 }  // namespace stquant::cli

@@ -11,6 +11,7 @@
 #include "commands.h"
 #include "quant_args.h"
 #include "stquant/convert.h"
+#include "stquant/hf_cache.h"
 
 namespace stquant::cli {
 
@@ -18,6 +19,7 @@ namespace {
 
 struct ConvertCommandOptions {
   std::string source, output;
+  std::string revision;  // a Hugging Face repo id's branch, tag or commit
   QuantArgs quant;
   std::string recipe;
   std::vector<std::string> overrides;
@@ -54,7 +56,11 @@ Result<uint64_t> ParseSize(const std::string& text) {
 
 Result<ConvertOptions> BuildOptions(const ConvertCommandOptions& o) {
   ConvertOptions options;
-  options.source_dir = o.source;
+  if (!o.source.empty()) {
+    STQ_ASSIGN_OR_RETURN(options.source_dir, ResolveModelSource(o.source, o.revision));
+  } else if (!o.revision.empty()) {
+    return Status::InvalidArgument("--revision needs a Hugging Face repo id as the source");
+  }
   options.output_dir = o.output;
   options.layout = o.layout == "ollama" ? OutputLayout::kOllama : OutputLayout::kMlx;
   const std::string policy = !o.policy.empty() ? o.policy : o.layout == "ollama" ? "ollama" : "mlx-lm";
@@ -69,7 +75,7 @@ Result<ConvertOptions> BuildOptions(const ConvertCommandOptions& o) {
     options.draft_dir = o.draft;
     if (!o.draft_type.empty()) {
       QuantSpec draft_spec;
-      STQ_ASSIGN_OR_RETURN(draft_spec, ParseQuantType(o.draft_type));
+      STQ_ASSIGN_OR_RETURN(draft_spec, ParseOllamaQuantType(o.draft_type, "--draft-quantize"));
       options.draft_quant = draft_spec;
     }
   } else {
@@ -79,7 +85,13 @@ Result<ConvertOptions> BuildOptions(const ConvertCommandOptions& o) {
       return Status::InvalidArgument("--name, --models-dir, -f, --draft and --draft-quantize need --layout ollama");
     }
   }
-  STQ_ASSIGN_OR_RETURN(options.quant, SpecFromArgs(o.quant));
+  QuantArgs quant = o.quant;
+  if (options.layout == OutputLayout::kOllama && !quant.type.empty()) {
+    // ollama create's names and aliases (q4, fp4, q8, fp8, any case) with ollama's meaning.
+    STQ_ASSIGN_OR_RETURN(QuantSpec spec, ParseOllamaQuantType(quant.type, "--quantize"));
+    quant.type = QuantTypeName(spec);
+  }
+  STQ_ASSIGN_OR_RETURN(options.quant, SpecFromArgs(quant));
   STQ_ASSIGN_OR_RETURN(options.profile, ParseQuantProfile(o.quant.profile));
   options.recipe = o.recipe;
   for (const std::string& rule : o.overrides) {
@@ -118,8 +130,9 @@ std::string HumanBytes(double bytes) {
   return buffer;
 }
 
-Status RunConvert(const ConvertCommandOptions& o) {
-  STQ_ASSIGN_OR_RETURN(ConvertOptions options, BuildOptions(o));
+}  // namespace
+
+Status RunConversion(const ConvertOptions& options, const ConversionOutput& o) {
   if (o.dry_run) {
     STQ_ASSIGN_OR_RETURN(ConversionPlan plan, PlanConversion(options));
     const std::string text = o.json ? FormatPlanJson(plan) : FormatPlanText(plan);
@@ -181,16 +194,27 @@ Status RunConvert(const ConvertCommandOptions& o) {
   return Status::Ok();
 }
 
+namespace {
+
+Status RunConvert(const ConvertCommandOptions& o) {
+  STQ_ASSIGN_OR_RETURN(ConvertOptions options, BuildOptions(o));
+  return RunConversion(options, {.dry_run = o.dry_run, .json = o.json, .quiet = o.quiet});
+}
+
 }  // namespace
 
 void RegisterConvertCommand(CLI::App& app, Status* status) {
   auto o = std::make_shared<ConvertCommandOptions>();
   CLI::App* cmd = app.add_subcommand(
       "convert", "Convert a Hugging Face checkpoint (bf16/f16/f32 or block-FP8) into an MLX (mlx-lm) model directory");
-  cmd->add_option("source", o->source,
-                  "Hugging Face model directory (config.json + *.safetensors); with --layout ollama it may come from "
-                  "the Modelfile's FROM instead");
+  cmd->add_option("source,--hf-path", o->source,
+                  "Hugging Face model directory (config.json + *.safetensors), or a repo id (org/name) found in the "
+                  "local Hugging Face cache (never downloaded); also --hf-path SRC, as mlx_lm.convert; with --layout "
+                  "ollama it may come from the Modelfile's FROM instead");
   cmd->add_option("-o,--output", o->output, "output directory (must not exist, unless --force); mlx layout");
+  cmd->add_option("--revision", o->revision,
+                  "with a Hugging Face repo id as the source (org/name, read from the local Hugging Face cache): the "
+                  "branch, tag or commit (default main)");
   AddQuantArgs(cmd, &o->quant,
                "type: int2..int8 (affine, group 64), mxfp4, mxfp8, nvfp4; none: no quantization. A block-FP8 "
                "source is decoded first, so any type works with it (unlike ollama, which refuses -q for FP8 "

@@ -37,7 +37,8 @@ std::string QuantText(const InspectQuantized& q) {
 Result<InspectReport> Inspect(const std::string& path) {
   std::error_code ec;
   const bool is_dir = std::filesystem::is_directory(path, ec);
-  if (!is_dir && !std::filesystem::exists(path, ec)) {
+  // No entry at all; a link loop or a dangling link is named as such when the file is opened.
+  if (!is_dir && !std::filesystem::exists(std::filesystem::symlink_status(path, ec))) {
     return Status::InvalidArgument("'" + path + "': no such file or directory");
   }
   Result<model::Inventory> opened = is_dir ? model::Inventory::Open(path) : model::Inventory::OpenFile(path);

@@ -6,7 +6,8 @@
 #include <utility>
 
 #include "safetensors/format.h"
-#include "util/file.h"
+#include "util/json_input.h"
+#include "util/printable.h"
 
 namespace stquant::model {
 
@@ -14,11 +15,10 @@ namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
+using util::Quoted;
 
 constexpr std::string_view kIndexName = "model.safetensors.index.json";
 constexpr std::string_view kSuffix = ".safetensors";
-// config.json and the index are small; a larger file is not one of them (and is not read whole).
-constexpr uint64_t kMaxJsonBytes = 256ull << 20;
 
 bool EndsWith(std::string_view s, std::string_view suffix) {
   return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
@@ -30,37 +30,16 @@ std::string Join(const std::string& dir, std::string_view name) {
   return dir + "/" + std::string(name);
 }
 
+// Whether a directory entry of that name exists, of any kind (a dangling symbolic link included:
+// opening it then says what is wrong with it).
 bool Exists(const std::string& path) {
   std::error_code ec;
-  return fs::exists(path, ec);
+  return fs::exists(fs::symlink_status(path, ec));
 }
 
-Result<std::string> ReadSmallFile(const std::string& path) {
-  STQ_ASSIGN_OR_RETURN(util::Fd fd, util::OpenForRead(path));
-  STQ_ASSIGN_OR_RETURN(uint64_t size, util::RegularFileSize(fd.get(), path));
-  if (size > kMaxJsonBytes) {
-    return Status::InvalidInput("'" + path + "': " + std::to_string(size) + " bytes is too large for a JSON file (limit " +
-                                std::to_string(kMaxJsonBytes) + ")");
-  }
-  std::string text(size, '\0');
-  STQ_RETURN_IF_ERROR(util::PreadFull(
-      fd.get(), std::span<uint8_t>(reinterpret_cast<uint8_t*>(text.data()), text.size()), 0, path));
-  return text;
-}
-
-// `name` quoted for a one-line message: control characters escaped (a hostile name cannot break
-// the line).
-std::string Quoted(std::string_view name) {
-  std::string quoted = "'";
-  quoted += safetensors::internal::Printable(name);
-  quoted += '\'';
-  return quoted;
-}
-
-// The one adapter between nlohmann's exceptions and Status for the model's JSON files.
-Result<json> ReadJsonObject(const std::string& path) {
-  STQ_ASSIGN_OR_RETURN(std::string text, ReadSmallFile(path));
-  return ParseJsonObjectText(text, path);
+Result<json> ReadJsonObject(const std::string& path, const util::InputLimit& limit) {
+  STQ_ASSIGN_OR_RETURN(std::string text, util::ReadRegularFile(path, limit));
+  return ParseJsonObjectText(text, path, limit);
 }
 
 // A shard named by the index must be a plain file inside the model directory.
@@ -93,14 +72,8 @@ std::string Lower(std::string s) {
 
 }  // namespace
 
-Result<json> ParseJsonObjectText(std::string_view text, const std::string& path) {
-  json value;
-  try {
-    value = json::parse(text);
-  } catch (const json::exception& e) {
-    // nlohmann's message quotes the last token read; escape it so that the message stays one line.
-    return Status::InvalidInput(Quoted(path) + ": invalid JSON: " + safetensors::internal::Printable(e.what()));
-  }
+Result<json> ParseJsonObjectText(std::string_view text, const std::string& path, const util::InputLimit& limit) {
+  STQ_ASSIGN_OR_RETURN(json value, util::ParseJson(text, path, limit));
   if (!value.is_object()) {
     return Status::InvalidInput(Quoted(path) + ": expected a JSON object, got " + std::string(value.type_name()));
   }
@@ -108,7 +81,7 @@ Result<json> ParseJsonObjectText(std::string_view text, const std::string& path)
 }
 
 Result<IndexFile> ParseIndexText(std::string_view text, const std::string& index_path) {
-  STQ_ASSIGN_OR_RETURN(json index, ParseJsonObjectText(text, index_path));
+  STQ_ASSIGN_OR_RETURN(json index, ParseJsonObjectText(text, index_path, util::kJsonIndexLimit));
   const std::string where = Quoted(index_path);
   const json* weight_map = ObjectMember(index, "weight_map");
   if (weight_map == nullptr || !weight_map->is_object()) {
@@ -190,18 +163,18 @@ Result<Inventory> Inventory::Open(const std::string& dir) {
   if (!Exists(config_path)) {
     return Status::InvalidInput("'" + dir + "' has no config.json: not a Hugging Face model directory");
   }
-  STQ_ASSIGN_OR_RETURN(inv.config_, ReadJsonObject(config_path));
+  STQ_ASSIGN_OR_RETURN(inv.config_, ReadJsonObject(config_path, util::kJsonConfigLimit));
 
   const std::string hf_quant_path = Join(dir, "hf_quant_config.json");
   if (Exists(hf_quant_path)) {
-    STQ_ASSIGN_OR_RETURN(json hf_quant, ReadJsonObject(hf_quant_path));
+    STQ_ASSIGN_OR_RETURN(json hf_quant, ReadJsonObject(hf_quant_path, util::kJsonConfigLimit));
     inv.hf_quant_config_ = std::move(hf_quant);
   }
 
   const std::string index_path = Join(dir, kIndexName);
   if (Exists(index_path)) {
     inv.has_index_ = true;
-    STQ_ASSIGN_OR_RETURN(std::string index_text, ReadSmallFile(index_path));
+    STQ_ASSIGN_OR_RETURN(std::string index_text, util::ReadRegularFile(index_path, util::kJsonIndexLimit));
     STQ_ASSIGN_OR_RETURN(IndexFile index, ParseIndexText(index_text, index_path));
     const std::map<std::string, std::string>& indexed = index.weight_map;  // tensor -> shard file name
     std::set<std::string> shard_names;
@@ -209,7 +182,7 @@ Result<Inventory> Inventory::Open(const std::string& dir) {
     for (const std::string& name : shard_names) {
       const std::string path = Join(dir, name);
       // A shard the index names but the directory lacks is a malformed (incomplete) model, not an
-      // I/O failure. A dangling symlink counts as missing too.
+      // I/O failure. A dangling symlink, a link loop or a FIFO is named as such by the open.
       if (!Exists(path)) {
         return Status::InvalidInput(Quoted(index_path) + " names shard " + Quoted(name) + ", which does not exist in " +
                                     Quoted(dir) + " (incomplete download?)");

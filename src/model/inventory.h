@@ -28,6 +28,7 @@
 
 #include "stquant/safetensors.h"
 #include "stquant/status.h"
+#include "util/input_file.h"
 
 namespace stquant::model {
 
@@ -53,7 +54,9 @@ struct IndexFile {
 // Pure parsers of the model directory's JSON files (no I/O; any byte string is safe input; used
 // by Inventory::Open and by fuzz/model_index_fuzz.cc). Errors are InvalidInput, one line, naming
 // `path` (and the tensor for index entries); names from the file are printed escaped.
-Result<nlohmann::json> ParseJsonObjectText(std::string_view text, const std::string& path);
+// ParseJsonObjectText parses a file of the kind `limit` describes (util::ParseJson's limits).
+Result<nlohmann::json> ParseJsonObjectText(std::string_view text, const std::string& path,
+                                           const util::InputLimit& limit);
 Result<IndexFile> ParseIndexText(std::string_view text, const std::string& path);
 
 class Inventory {

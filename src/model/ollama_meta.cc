@@ -4,11 +4,14 @@
 #include <cctype>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <map>
-#include <sstream>
+#include <optional>
 
 #include <fmt/format.h>
+
+#include "safetensors/format.h"
+#include "util/json_input.h"
+#include "util/printable.h"
 
 namespace stquant::model {
 
@@ -157,7 +160,7 @@ Result<std::vector<std::pair<std::string, std::string>>> Tokenize(const std::str
       if (arg.size() >= 2 && arg.front() == '"' && arg.back() == '"') arg = arg.substr(1, arg.size() - 2);
     }
     if (arg.empty() && command != "template" && command != "system") {
-      return Status::InvalidArgument(fmt::format("Modelfile line {}: missing value for {}", line, command));
+      return Status::InvalidArgument(fmt::format("Modelfile line {}: missing value for {}", line, util::Printable(command)));
     }
     out.emplace_back(command, arg);
   }
@@ -168,7 +171,8 @@ Result<std::vector<std::pair<std::string, std::string>>> Tokenize(const std::str
 
 bool IsSafetensorsModelDir(const std::string& dir) {
   std::error_code ec;
-  if (!fs::is_regular_file(fs::path(dir) / "config.json", ec)) return false;
+  // Any entry named config.json: reading it says what is wrong when it is not a regular file.
+  if (!fs::exists(fs::symlink_status(fs::path(dir) / "config.json", ec))) return false;
   for (const auto& entry : fs::directory_iterator(dir, ec)) {
     if (entry.path().filename().string().ends_with(".safetensors")) return true;
   }
@@ -176,6 +180,11 @@ bool IsSafetensorsModelDir(const std::string& dir) {
 }
 
 Result<OllamaModelfile> ParseOllamaModelfile(const std::string& text, const std::string& dir) {
+  // Its strings end up in JSON (the params and config blobs), which must be UTF-8.
+  if (const std::optional<size_t> bad = safetensors::internal::FindInvalidUtf8(text)) {
+    return Status::InvalidArgument(fmt::format("Modelfile is not valid UTF-8 (byte 0x{:02x} at offset {})",
+                                               static_cast<unsigned char>(text[*bad]), *bad));
+  }
   OllamaModelfile mf;
   STQ_ASSIGN_OR_RETURN(auto commands, Tokenize(text));
   auto resolve = [&](const std::string& path) {
@@ -199,7 +208,8 @@ Result<OllamaModelfile> ParseOllamaModelfile(const std::string& text, const std:
       std::error_code ec;
       const std::string path = resolve(arg);
       if (!fs::is_directory(path, ec)) {
-        return Status::InvalidArgument("DRAFT model references are not supported with --experimental yet: " + arg);
+        return Status::InvalidArgument("DRAFT model references are not supported with --experimental yet: " +
+                                       util::Printable(arg));
       }
       mf.draft = path;
     } else if (command == "requires") {
@@ -208,20 +218,26 @@ Result<OllamaModelfile> ParseOllamaModelfile(const std::string& text, const std:
       ParseSemver(kOllamaMinVersion, min);
       if (std::lexicographical_compare(have, have + 3, min, min + 3)) {
         return Status::InvalidArgument(fmt::format("requires {} is below the minimum supported version {} for safetensors models",
-                                                   arg, kOllamaMinVersion));
+                                                   util::Printable(arg), kOllamaMinVersion));
       }
       mf.requires_version = arg[0] == 'v' ? arg.substr(1) : arg;
     } else if (command == "adapter" || command == "message") {
       continue;
     } else if (command == "parameter") {
       const size_t space = arg.find_first_of(" \t");
-      if (space == std::string::npos) return Status::InvalidArgument("PARAMETER needs a name and a value: " + arg);
+      // A """quoted""" argument keeps its trailing blanks: "name   " has no value either.
+      const size_t value_start = space == std::string::npos ? space : arg.find_first_not_of(" \t", space);
+      if (value_start == std::string::npos) {
+        return Status::InvalidArgument("PARAMETER needs a name and a value: " + util::Printable(arg));
+      }
       const std::string key = Lower(arg.substr(0, space));
-      std::string value = arg.substr(arg.find_first_not_of(" \t", space));
+      std::string value = arg.substr(value_start);
       if (value.size() >= 2 && value.front() == '"' && value.back() == '"') value = value.substr(1, value.size() - 2);
       if (SilentlyIgnored(key)) continue;
       auto kind = ParamKinds().find(key);
-      if (kind == ParamKinds().end()) return Status::InvalidArgument(fmt::format("unknown parameter '{}'", key));
+      if (kind == ParamKinds().end()) {
+        return Status::InvalidArgument(fmt::format("unknown parameter '{}'", util::Printable(key)));
+      }
       try {
         size_t used = 0;
         switch (kind->second) {
@@ -252,10 +268,11 @@ Result<OllamaModelfile> ParseOllamaModelfile(const std::string& text, const std:
             break;
         }
       } catch (const std::exception&) {
-        return Status::InvalidArgument(fmt::format("invalid value for parameter '{}': {}", key, value));
+        return Status::InvalidArgument(
+            fmt::format("invalid value for parameter '{}': {}", util::Printable(key), util::Printable(value)));
       }
     } else {
-      return Status::InvalidArgument(fmt::format("unknown Modelfile command '{}'", command));
+      return Status::InvalidArgument(fmt::format("unknown Modelfile command '{}'", util::Printable(command)));
     }
   }
   return mf;
@@ -294,22 +311,21 @@ std::vector<std::string> OllamaCapabilities(const nlohmann::json& config, const 
   return caps;
 }
 
-std::string ReadChatTemplate(const std::string& dir) {
-  auto read = [](const fs::path& p) -> std::optional<std::string> {
-    std::ifstream in(p, std::ios::binary);
-    if (!in) return std::nullopt;
-    std::ostringstream s;
-    s << in.rdbuf();
-    return s.str();
+Result<std::string> ReadChatTemplate(const std::string& dir) {
+  auto present = [](const std::string& path) {
+    std::error_code ec;
+    return fs::exists(fs::symlink_status(path, ec));
   };
-  if (auto text = read(fs::path(dir) / "tokenizer_config.json")) {
-    nlohmann::json j = nlohmann::json::parse(*text, nullptr, false);
-    if (j.is_object()) {
-      if (auto it = j.find("chat_template"); it != j.end() && it->is_string()) return it->get<std::string>();
+  const std::string tokenizer_config = (fs::path(dir) / "tokenizer_config.json").string();
+  if (present(tokenizer_config)) {
+    STQ_ASSIGN_OR_RETURN(std::string text, util::ReadRegularFile(tokenizer_config, util::kJsonConfigLimit));
+    if (Result<nlohmann::json> j = util::ParseJson(text, tokenizer_config, util::kJsonConfigLimit); j.ok() && j->is_object()) {
+      if (auto it = j->find("chat_template"); it != j->end() && it->is_string()) return it->get<std::string>();
     }
   }
-  if (auto text = read(fs::path(dir) / "chat_template.jinja")) return *text;
-  return "";
+  const std::string jinja = (fs::path(dir) / "chat_template.jinja").string();
+  if (present(jinja)) return util::ReadRegularFile(jinja, util::kTextFileLimit);
+  return std::string();
 }
 
 }  // namespace stquant::model

@@ -26,7 +26,7 @@ struct OllamaModelfile {
 // that is not a directory ("DRAFT model references are not supported with --experimental yet").
 Result<OllamaModelfile> ParseOllamaModelfile(const std::string& text, const std::string& dir);
 
-// A directory with config.json and at least one *.safetensors entry.
+// A directory with a config.json entry and at least one *.safetensors entry.
 bool IsSafetensorsModelDir(const std::string& dir);
 
 // Parser and renderer names (§9.4); "" when no rule matches. `chat_template` is
@@ -36,7 +36,9 @@ std::string OllamaRendererName(const nlohmann::json& config, const std::string& 
 // Capabilities in ollama's order: completion, vision, audio, tools, thinking.
 std::vector<std::string> OllamaCapabilities(const nlohmann::json& config, const std::string& chat_template,
                                             const std::string& parser);
-// The chat template of a model directory (see above); "" when there is none.
-std::string ReadChatTemplate(const std::string& dir);
+// The chat template of a model directory (see above); "" when there is none. The files are read
+// as util::ReadRegularFile does (a FIFO, a link loop or an oversized file is an error naming it);
+// a tokenizer_config.json that is not valid JSON has no template.
+Result<std::string> ReadChatTemplate(const std::string& dir);
 
 }  // namespace stquant::model

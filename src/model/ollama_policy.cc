@@ -1,5 +1,7 @@
 #include "model/ollama_policy.h"
 
+#include "stquant/convert.h"
+
 #include <algorithm>
 #include <array>
 #include <cctype>
@@ -105,6 +107,23 @@ std::string OllamaCanonicalType(std::string_view name) {
   if (s == "nvfp4" || s == "mxfp4" || s == "mxfp8") return s;
   return "";
 }
+
+}  // namespace stquant::model
+
+namespace stquant {
+
+Result<QuantSpec> ParseOllamaQuantType(std::string_view name, std::string_view what) {
+  std::optional<QuantSpec> spec = model::OllamaTypeSpec(model::OllamaCanonicalType(name));
+  if (!spec) {
+    return Status::InvalidArgument(
+        fmt::format("unsupported {} \"{}\": supported types are int4, int8, nvfp4, mxfp4, mxfp8", what, name));
+  }
+  return *spec;
+}
+
+}  // namespace stquant
+
+namespace stquant::model {
 
 std::optional<QuantSpec> OllamaTypeSpec(std::string_view canonical) {
   if (canonical == "int4") return QuantSpec{QuantMode::kAffine, 4, 64, false, QuantProfile::kMlxCpu};

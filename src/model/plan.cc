@@ -1,9 +1,7 @@
 // PlanConversion: the pure planning step of `stquant convert` (headers only).
 #include <algorithm>
-#include <array>
 #include <charconv>
 #include <limits>
-#include <filesystem>
 #include <map>
 #include <regex>
 #include <set>
@@ -13,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "model/arch.h"
+#include "model/copied_files.h"
 #include "model/inventory.h"
 #include "model/json_util.h"
 #include "model/ollama_policy.h"
@@ -50,9 +49,10 @@ int64_t Elements(const std::vector<int64_t>& shape) {
   return n;
 }
 
-// mlx_lm.convert casts every floating parameter to config "torch_dtype" (or text_config "dtype")
-// when it names a float type.
-std::optional<DType> ConversionDType(const nlohmann::json& config) {
+// mlx_lm.convert casts every floating parameter to --dtype, else to config "torch_dtype" (or
+// text_config "dtype") when it names a float type.
+std::optional<DType> ConversionDType(const ConvertOptions& options, const nlohmann::json& config) {
+  if (options.dtype) return options.dtype;
   std::string name;
   if (auto it = config.find("torch_dtype"); it != config.end() && it->is_string()) {
     name = it->get<std::string>();
@@ -246,7 +246,11 @@ Result<PlanContext> BuildPlan(const ConvertOptions& options, bool draft) {
     if (o.spec) STQ_RETURN_IF_ERROR(ValidateQuantSpec(*o.spec).Annotate("--override " + o.pattern));
   }
   // mlx_lm.convert casts to the config dtype; ollama never casts a kept tensor.
-  const std::optional<DType> cast_to = ollama_policy ? std::nullopt : ConversionDType(inv.config());
+  // A plain flag and dtype rather than an optional: GCC 12 thinks the optional's flag may be read
+  // uninitialized in the loop below.
+  const std::optional<DType> conversion = ollama_policy ? std::nullopt : ConversionDType(options, inv.config());
+  const bool cast = conversion.has_value();
+  const DType cast_to = conversion.value_or(DType::kBF16);
 
   // 1. Which source tensors make which output tensor (sanitize: drop, stack experts).
   std::set<std::string> companions;
@@ -377,8 +381,8 @@ Result<PlanContext> BuildPlan(const ConvertOptions& options, bool draft) {
     } else {
       t.dtype = t.source_dtype;
     }
-    if (cast_to && IsFloat(t.dtype) && t.dtype != *cast_to) {
-      t.dtype = *cast_to;
+    if (cast && IsFloat(t.dtype) && t.dtype != cast_to) {
+      t.dtype = cast_to;
       if (t.transform == TensorTransform::kCopy) t.transform = TensorTransform::kCast;
     }
     plan.tensors.push_back(std::move(t));
@@ -551,31 +555,12 @@ Result<PlanContext> BuildPlan(const ConvertOptions& options, bool draft) {
     plan.tensors = std::move(ordered);
   }
 
-  // 5. Files copied beside the weights: everything at the top level but weights, the config and
-  // the index (tokenizer, generation config, chat templates, license, ...).
-  std::error_code ec;
-  for (const auto& entry : std::filesystem::directory_iterator(options.source_dir, ec)) {
-    const std::string file = entry.path().filename().string();
-    if (!entry.is_regular_file(ec) || file.empty() || file[0] == '.') continue;
-    static const std::array<std::string_view, 8> kWeightSuffixes = {".safetensors", ".bin", ".pt", ".pth",
-                                                                    ".gguf", ".msgpack", ".h5", ".onnx"};
-    bool weights = false;
-    for (std::string_view suffix : kWeightSuffixes) weights |= EndsWith(file, suffix);
-    if (weights || file == "config.json" || file == "model.safetensors.index.json" || file == "hf_quant_config.json") {
-      continue;
-    }
-    plan.copied_files.push_back(file);
-  }
-  std::sort(plan.copied_files.begin(), plan.copied_files.end());
+  // 5. Files copied beside the weights (tokenizer, generation config, chat templates, license, ...).
+  STQ_ASSIGN_OR_RETURN(plan.copied_files, model::CopiedFiles(options.source_dir, plan.warnings));
   for (const std::string& w : inv.warnings()) plan.warnings.push_back(w);
   return context;
 }
 
 }  // namespace model
-
-Result<ConversionPlan> PlanConversion(const ConvertOptions& options) {
-  STQ_ASSIGN_OR_RETURN(model::PlanContext context, model::BuildPlan(options));
-  return std::move(context.plan);
-}
 
 }  // namespace stquant

@@ -1,7 +1,6 @@
 #include "model/prequant.h"
 
 #include <algorithm>
-#include <filesystem>
 #include <map>
 #include <set>
 
@@ -9,6 +8,7 @@
 #include <fmt/ranges.h>
 
 #include "model/arch.h"
+#include "model/copied_files.h"
 #include "model/json_util.h"
 #include "model/ollama_policy.h"
 #include "safetensors/format.h"
@@ -861,6 +861,12 @@ Status PlanPrequantConversion(const ConvertOptions& options, const Classificatio
   if (options.requantize && !options.quant) {
     return Status::InvalidArgument("--requantize needs a quantization type (-q TYPE or --mode)");
   }
+  if (options.dequantize && (ollama || options.quant)) {
+    return Status::InvalidArgument("--dequantize writes the mlx layout without quantization");
+  }
+  // The formerly quantized layers are rewritten from their dequantized values (--requantize,
+  // --dequantize) instead of imported as they are.
+  const bool rewrite = options.requantize || options.dequantize;
   if (!options.recipe.empty() || !options.overrides.empty()) {
     return Status::InvalidArgument(fmt::format(
         "{}: --recipe and --override are not supported for an already-quantized source ({})", where,
@@ -915,11 +921,11 @@ Status PlanPrequantConversion(const ConvertOptions& options, const Classificatio
   }
   for (const PrequantTensor& t : pq.tensors) {
     if (ollama) break;
-    if (!options.requantize || t.layer.empty()) {
+    if (!rewrite || t.layer.empty()) {
       plan.tensors.push_back(planned(t, t.name));
     } else if (t.role == PrequantRole::kWeight) {
       PlannedTensor p = dequantized(t, t.name);
-      if (p.shape.back() % options.quant->group_size == 0) p.quant = options.quant;
+      if (options.quant && p.shape.back() % options.quant->group_size == 0) p.quant = options.quant;
       plan.tensors.push_back(std::move(p));
     }
   }
@@ -945,22 +951,8 @@ Status PlanPrequantConversion(const ConvertOptions& options, const Classificatio
         "lossless import",
         pq.format, QuantTypeName(*options.quant)));
   }
-  // Files copied beside the weights (tokenizer, generation config, templates): everything at the top
-  // level but weights, the config, the index and hf_quant_config.json (described by config.json now).
-  std::error_code ec;
-  for (const auto& entry : std::filesystem::directory_iterator(options.source_dir, ec)) {
-    const std::string file = entry.path().filename().string();
-    if (!entry.is_regular_file(ec) || file.empty() || file[0] == '.') continue;
-    bool weights = false;
-    for (std::string_view suffix : {".safetensors", ".bin", ".pt", ".pth", ".gguf", ".msgpack", ".h5", ".onnx"}) {
-      weights |= EndsWith(file, suffix);
-    }
-    if (weights || file == "config.json" || file == "model.safetensors.index.json" || file == "hf_quant_config.json") {
-      continue;
-    }
-    plan.copied_files.push_back(file);
-  }
-  std::sort(plan.copied_files.begin(), plan.copied_files.end());
+  // Files copied beside the weights (hf_quant_config.json is not: config.json describes the output).
+  STQ_ASSIGN_OR_RETURN(plan.copied_files, CopiedFiles(options.source_dir, plan.warnings));
   for (const std::string& w : inv.warnings()) plan.warnings.push_back(w);
   context.prequant = std::make_shared<const PrequantPlan>(std::move(pq));
   return Status::Ok();

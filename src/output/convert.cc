@@ -97,7 +97,7 @@ nlohmann::json QuantParams(const QuantSpec& spec, bool with_mode) {
 }
 
 Result<std::string> OutputConfig(const Inventory& inv, const ConversionPlan& plan) {
-  nlohmann::json config = output::MlxConfigBase(inv, plan.copied_files);
+  STQ_ASSIGN_OR_RETURN(nlohmann::json config, output::MlxConfigBase(inv, plan.copied_files));
   // The source's FP8 block quantization is decoded away.
   if (plan.source_kind == "block-fp8") config.erase("quantization_config");
   if (plan.default_quant) {
@@ -122,6 +122,13 @@ uint64_t PeakRssBytes() {
 }
 
 }  // namespace
+
+// The ollama layout's plan resolves the Modelfile and the store (PlanOllamaImport).
+Result<ConversionPlan> PlanConversion(const ConvertOptions& options) {
+  if (options.layout == OutputLayout::kOllama) return output::PlanOllamaImport(options);
+  STQ_ASSIGN_OR_RETURN(model::PlanContext context, model::BuildPlan(options));
+  return std::move(context.plan);
+}
 
 Result<ConvertSummary> Convert(const ConvertOptions& options,
                                const std::function<void(const ConvertProgress&)>& progress) {
@@ -229,12 +236,21 @@ std::string FormatPlanText(const ConversionPlan& plan) {
                                                                      : "copy";
     std::string quant = t.quant ? fmt::format("{} b{} g{}", ModeInfo(t.quant->mode).name, t.quant->bits, t.quant->group_size)
                                 : std::string(DTypeName(t.dtype));
-    out += fmt::format("{:<60} {:<9} {:<18} {:<16} {}\n", t.name, from, fmt::format("[{}]", fmt::join(t.shape, ",")), quant,
+    out += fmt::format("{:<60} {:<9} {:<18} {:<16} {}", t.name, from, fmt::format("[{}]", fmt::join(t.shape, ",")), quant,
                        t.output_bytes);
+    out += t.blob.empty() ? "\n" : fmt::format("  -> blob {}\n", t.blob);
   }
   const double bpw = plan.parameters ? 8.0 * plan.output_bytes / plan.parameters : 0.0;
   out += fmt::format("{} tensors; input {} bytes -> output {} bytes ({:.3f} bits per weight, {} parameters)\n",
                      plan.tensors.size(), plan.input_bytes, plan.output_bytes, bpw, plan.parameters);
+  if (!plan.manifest_path.empty()) {
+    out += fmt::format("manifest {} ({} layers + the config blob; digests are computed when the blobs are written):\n",
+                       plan.manifest_path, plan.manifest_layers.size());
+    for (const PlannedLayer& l : plan.manifest_layers) {
+      out += fmt::format("  {:<40} {:<60} {:>12}{}\n", l.media_type, l.name.empty() ? "-" : l.name, l.bytes,
+                         l.digest.empty() ? "" : "  " + l.digest);
+    }
+  }
   for (const std::string& w : plan.warnings) out += "warning: " + w + "\n";
   return out;
 }
@@ -266,7 +282,16 @@ std::string FormatPlanJson(const ConversionPlan& plan) {
     } else {
       row["quant"] = nullptr;
     }
+    if (!t.blob.empty()) row["blob"] = t.blob;
     j["tensors"].push_back(row);
+  }
+  if (!plan.manifest_path.empty()) {
+    j["manifest"] = {{"path", plan.manifest_path}, {"layers", nlohmann::json::array()}};
+    for (const PlannedLayer& l : plan.manifest_layers) {
+      nlohmann::json layer = {{"mediaType", l.media_type}, {"name", l.name}, {"bytes", l.bytes}};
+      if (!l.digest.empty()) layer["digest"] = l.digest;
+      j["manifest"]["layers"].push_back(layer);
+    }
   }
   return j.dump(2) + "\n";
 }

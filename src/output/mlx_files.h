@@ -14,8 +14,8 @@ namespace stquant::output {
 std::string MlxShardName(int index, int count);
 
 // The source config.json as mlx-lm writes it back (model::NormalizeConfigForMlxLm), with
-// generation_config.json's eos_token_id when that file is among `copied_files` (a malformed one
-// is ignored, as mlx-lm does).
-nlohmann::json MlxConfigBase(const model::Inventory& inventory, const std::vector<std::string>& copied_files);
+// generation_config.json's eos_token_id when that file is among `copied_files` (read within
+// util::kJsonConfigLimit; invalid JSON is ignored, as mlx-lm does).
+Result<nlohmann::json> MlxConfigBase(const model::Inventory& inventory, const std::vector<std::string>& copied_files);
 
 }  // namespace stquant::output

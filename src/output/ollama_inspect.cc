@@ -3,12 +3,10 @@
 #include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
-#include <fstream>
-#include <sstream>
-
 #include "output/ollama_store.h"
 #include "stquant/inspect.h"
 #include "stquant/safetensors.h"
+#include "util/json_input.h"
 
 namespace stquant {
 
@@ -16,40 +14,37 @@ Result<std::string> InspectOllamaModel(const std::string& models_dir, const std:
   STQ_ASSIGN_OR_RETURN(output::OllamaName name, output::ParseOllamaName(name_text));
   STQ_ASSIGN_OR_RETURN(std::string root, output::ResolveOllamaModelsDir(models_dir));
   const output::OllamaStore store = output::OllamaStore::OpenForReading(root);
-  STQ_ASSIGN_OR_RETURN(nlohmann::json manifest, store.ReadManifest(name));
+  STQ_ASSIGN_OR_RETURN(output::OllamaManifest manifest, store.ReadManifest(name));
 
   nlohmann::ordered_json report;
   report["name"] = name.Display();
   report["manifest"] = root + "/manifests/" + name.ManifestPath();
   report["config"] = nullptr;
-  if (manifest.contains("config") && manifest["config"].is_object()) {
-    std::ifstream in(store.BlobPath(manifest["config"].value("digest", "")), std::ios::binary);
-    std::ostringstream text;
-    text << in.rdbuf();
-    nlohmann::ordered_json config = nlohmann::ordered_json::parse(text.str(), nullptr, false);
-    if (!config.is_discarded()) report["config"] = config;
+  if (manifest.config) {
+    const std::string path = store.BlobPath(manifest.config->digest);
+    STQ_ASSIGN_OR_RETURN(std::string text, util::ReadRegularFile(path, util::kJsonConfigLimit));
+    // Shown as null when it is not JSON: the tensors can be listed all the same.
+    if (Result<nlohmann::ordered_json> config = util::ParseOrderedJson(text, path, util::kJsonConfigLimit); config.ok()) {
+      report["config"] = std::move(*config);
+    }
   }
   report["layers"] = nlohmann::ordered_json::array();
   uint64_t total = 0;
   std::string out = fmt::format("model:    {}\nmanifest: {}\n", report["name"].get<std::string>(),
                                 report["manifest"].get<std::string>());
   if (report["config"].is_object()) out += fmt::format("config:   {}\n", report["config"].dump());
-  for (const auto& layer : manifest["layers"]) {
-    if (!layer.is_object() || !layer.contains("digest") || !layer["digest"].is_string()) {
-      return Status::InvalidInput(fmt::format("{}: a layer without a digest", report["manifest"].get<std::string>()));
-    }
+  for (const output::OllamaLayer& layer : manifest.layers) {
     nlohmann::ordered_json row;
-    row["media_type"] = layer.value("mediaType", "");
-    row["name"] = layer.value("name", "");
-    row["digest"] = layer["digest"];
-    row["size"] = layer.value("size", uint64_t{0});
-    total += row["size"].get<uint64_t>();
-    std::string media = row["media_type"].get<std::string>();
+    row["media_type"] = layer.media_type;
+    row["name"] = layer.name;
+    row["digest"] = layer.digest;
+    row["size"] = layer.size;
+    total += layer.size;
+    const std::string& media = layer.media_type;
     const std::string short_media = media.substr(media.rfind('.') + 1);
-    out += fmt::format("{:<8} {:<56} {} {:>12}\n", short_media, row["name"].get<std::string>(),
-                       row["digest"].get<std::string>().substr(0, 19), row["size"].get<uint64_t>());
+    out += fmt::format("{:<8} {:<56} {} {:>12}\n", short_media, layer.name, layer.digest.substr(0, 19), layer.size);
     if (media == output::kOllamaMediaTensor) {
-      const std::string path = store.BlobPath(row["digest"].get<std::string>());
+      const std::string path = store.BlobPath(layer.digest);
       STQ_ASSIGN_OR_RETURN(std::unique_ptr<safetensors::Reader> reader, safetensors::Reader::Open(path));
       const auto& metadata = reader->metadata();
       auto lookup = [&](const std::string& tensor, const std::string& key) -> std::string {
@@ -81,7 +76,7 @@ Result<std::string> InspectOllamaModel(const std::string& models_dir, const std:
     report["layers"].push_back(row);
   }
   report["total_bytes"] = total;
-  out += fmt::format("{} layers, {} bytes\n", manifest["layers"].size(), total);
+  out += fmt::format("{} layers, {} bytes\n", manifest.layers.size(), total);
   return json ? report.dump(2) + "\n" : out;
 }
 

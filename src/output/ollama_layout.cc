@@ -6,13 +6,11 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <deque>
 #include <future>
 #include <map>
 #include <memory>
 #include <mutex>
-#include <sstream>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -26,6 +24,8 @@
 #include "output/prequant_write.h"
 #include "output/read_ahead.h"
 #include "output/tensor_stream.h"
+#include "util/input_file.h"
+#include "util/json_input.h"
 #include "util/thread_pool.h"
 
 namespace stquant::output {
@@ -35,15 +35,6 @@ namespace {
 namespace fs = std::filesystem;
 using safetensors::TensorDecl;
 using safetensors::Writer;
-
-Result<std::string> ReadWholeFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return Status::IoError(fmt::format("cannot read '{}'", path));
-  std::ostringstream s;
-  s << in.rdbuf();
-  if (in.bad()) return Status::IoError(fmt::format("cannot read '{}'", path));
-  return s.str();
-}
 
 // What the blobs being written share (several at once for an import of an already-quantized
 // source): progress, the summary's counts and the read-ahead, under one lock.
@@ -374,8 +365,7 @@ void AddSourceRanges(const model::PlanContext& context, const std::vector<model:
 }
 
 // Every *.json of the source directory but the index, sorted (ollama-create-spec §4).
-Status WriteConfigLayers(OllamaStore& store, const std::string& dir, const std::string& prefix,
-                         std::vector<OllamaLayer>& layers) {
+Result<std::vector<std::string>> ConfigFiles(const std::string& dir) {
   std::vector<std::string> files;
   std::error_code ec;
   for (const auto& entry : fs::directory_iterator(dir, ec)) {
@@ -385,12 +375,17 @@ Status WriteConfigLayers(OllamaStore& store, const std::string& dir, const std::
   }
   if (ec) return Status::IoError(fmt::format("list '{}': {}", dir, ec.message()));
   std::sort(files.begin(), files.end());
+  return files;
+}
+
+Status WriteConfigLayers(OllamaStore& store, const std::string& dir, const std::string& prefix,
+                         std::vector<OllamaLayer>& layers) {
+  STQ_ASSIGN_OR_RETURN(const std::vector<std::string> files, ConfigFiles(dir));
   if (!std::binary_search(files.begin(), files.end(), std::string("config.json"))) {
     return Status::InvalidInput("config.json not found in " + dir);
   }
   for (const std::string& file : files) {
-    STQ_ASSIGN_OR_RETURN(std::string bytes, ReadWholeFile(dir + "/" + file));
-    STQ_ASSIGN_OR_RETURN(OllamaLayer layer, store.AddBlobBytes(bytes, kOllamaMediaJson, prefix + file));
+    STQ_ASSIGN_OR_RETURN(OllamaLayer layer, store.AddBlobCopy(dir + "/" + file, kOllamaMediaJson, prefix + file));
     layers.push_back(std::move(layer));
   }
   return Status::Ok();
@@ -419,40 +414,100 @@ uint64_t PeakRss() {
   return static_cast<uint64_t>(usage.ru_maxrss) * 1024;
 }
 
-}  // namespace
-
-Result<ConvertSummary> ConvertToOllamaStore(const ConvertOptions& given,
-                                            const std::function<void(const ConvertProgress&)>& callback) {
-  const auto start = std::chrono::steady_clock::now();
-  ConvertOptions options = given;
-  // The Modelfile (ollama-create-spec §1).
+// What an import reads before it writes anything (ollama-create-spec §1): the Modelfile, the
+// source (or, FROM an existing model, that model's manifest and config), the plans of the model and
+// of its draft, and where it goes. Shared by the import and its --dry-run.
+struct PreparedImport {
+  ConvertOptions options;  // source_dir and draft_dir resolved from the Modelfile
   model::OllamaModelfile modelfile;
+  OllamaName name;
+  std::string root;
+  std::optional<model::PlanContext> context;  // none FROM an existing model
+  std::optional<model::PlanContext> draft;
+  nlohmann::ordered_json draft_info;
+  // FROM an existing model of the store: its name, manifest and ConfigV2 (reused as they are).
+  std::optional<OllamaName> base;
+  OllamaManifest base_manifest;
+  nlohmann::ordered_json base_config;
+};
+
+// FROM names an existing model of the store (not a directory): "FROM qwen3:8b" as in ollama.
+// The manifest is validated by ParseOllamaManifest (digests, sizes, names).
+Result<bool> ReadBaseModel(PreparedImport& im) {
+  const std::string& from = im.options.source_dir;
+  std::error_code ec;
+  if (fs::exists(from, ec)) return false;
+  Result<OllamaName> base = ParseOllamaName(from);
+  if (!base.ok()) return false;
+  const OllamaStore reader = OllamaStore::OpenForReading(im.root);
+  Result<OllamaManifest> manifest = reader.ReadManifest(*base);
+  if (!manifest.ok()) {
+    if (manifest.status().code() == StatusCode::kInvalidArgument) return false;  // no model of that name
+    return manifest.status();
+  }
+  if (!manifest->config) return Status::InvalidInput(fmt::format("model '{}': manifest has no config digest", from));
+  const std::string config_path = reader.BlobPath(manifest->config->digest);
+  STQ_ASSIGN_OR_RETURN(std::string bytes, util::ReadRegularFile(config_path, util::kJsonConfigLimit));
+  STQ_ASSIGN_OR_RETURN(im.base_config, util::ParseOrderedJson(bytes, config_path, util::kJsonConfigLimit));
+  if (!im.base_config.is_object()) return Status::InvalidInput(fmt::format("model '{}': config blob is not a JSON object", from));
+  if (im.base_config.value("model_format", "") != "safetensors") {
+    return Status::InvalidArgument(fmt::format("base model {} is not a safetensors model", from));
+  }
+  // Every layer's blob present: the new manifest names them all.
+  bool has_config_json = false;
+  for (const OllamaLayer& layer : manifest->layers) {
+    if (!fs::is_regular_file(reader.BlobPath(layer.digest), ec)) {
+      return Status::InvalidInput(
+          fmt::format("model '{}': blob {} of its manifest is missing from the store", from, layer.digest));
+    }
+    has_config_json |= layer.name == "config.json";
+  }
+  if (!has_config_json) return Status::InvalidInput(fmt::format("base model {} does not contain config.json", from));
+  im.base = *base;
+  im.base_manifest = std::move(*manifest);
+  return true;
+}
+
+Result<PreparedImport> PrepareImport(const ConvertOptions& given) {
+  PreparedImport im;
+  im.options = given;
+  ConvertOptions& options = im.options;
+  // The Modelfile (ollama-create-spec §1).
   if (!options.modelfile.empty()) {
-    STQ_ASSIGN_OR_RETURN(std::string text, ReadWholeFile(options.modelfile));
+    STQ_ASSIGN_OR_RETURN(std::string text, util::ReadRegularFile(options.modelfile, util::kTextFileLimit));
     const std::string dir = fs::path(options.modelfile).parent_path().string();
-    STQ_ASSIGN_OR_RETURN(modelfile, model::ParseOllamaModelfile(text, dir.empty() ? "." : dir));
-    if (options.source_dir.empty()) options.source_dir = modelfile.from;
-    if (options.draft_dir.empty()) options.draft_dir = modelfile.draft;
+    STQ_ASSIGN_OR_RETURN(im.modelfile, model::ParseOllamaModelfile(text, dir.empty() ? "." : dir));
+    if (options.source_dir.empty()) options.source_dir = im.modelfile.from;
+    if (options.draft_dir.empty()) options.draft_dir = im.modelfile.draft;
   }
   if (options.source_dir.empty()) options.source_dir = ".";
   if (options.draft_quant && options.draft_dir.empty()) {
     return Status::InvalidArgument("--draft-quantize requires a DRAFT model");
   }
-  if (!model::IsSafetensorsModelDir(options.source_dir)) {
+  if (options.model_name.empty()) return Status::InvalidArgument("the ollama layout needs a model name (--name NAME)");
+  STQ_ASSIGN_OR_RETURN(im.name, ParseOllamaName(options.model_name));
+  STQ_ASSIGN_OR_RETURN(im.root, ResolveOllamaModelsDir(options.models_dir));
+  STQ_ASSIGN_OR_RETURN(const bool from_base, ReadBaseModel(im));
+  if (from_base && options.quant) {
     return Status::InvalidArgument(fmt::format(
-        "{} is not a supported safetensors model directory (needs config.json + *.safetensors)", options.source_dir));
+        "FROM {} names an existing model, whose layers are reused as they are: -q applies to a source directory",
+        options.source_dir));
+  }
+  if (!from_base && !model::IsSafetensorsModelDir(options.source_dir)) {
+    return Status::InvalidArgument(fmt::format(
+        "{} is not a supported safetensors model directory (needs config.json + *.safetensors), nor a model of the "
+        "store {}",
+        options.source_dir, im.root));
   }
   if (!options.draft_dir.empty() && !model::IsSafetensorsModelDir(options.draft_dir)) {
     return Status::InvalidArgument(fmt::format("draft {} is not a supported safetensors model directory", options.draft_dir));
   }
-  if (options.model_name.empty()) return Status::InvalidArgument("the ollama layout needs a model name (--name NAME)");
-  STQ_ASSIGN_OR_RETURN(OllamaName name, ParseOllamaName(options.model_name));
-  STQ_ASSIGN_OR_RETURN(std::string root, ResolveOllamaModelsDir(options.models_dir));
 
   // Everything that can fail on the input is checked before the first blob is written.
-  STQ_ASSIGN_OR_RETURN(model::PlanContext context, model::BuildPlan(options));
-  std::optional<model::PlanContext> draft;
-  nlohmann::ordered_json draft_info;
+  if (!from_base) {
+    STQ_ASSIGN_OR_RETURN(model::PlanContext context, model::BuildPlan(options));
+    im.context = std::move(context);
+  }
   if (!options.draft_dir.empty()) {
     ConvertOptions draft_options = options;
     draft_options.source_dir = options.draft_dir;
@@ -460,17 +515,104 @@ Result<ConvertSummary> ConvertToOllamaStore(const ConvertOptions& given,
     STQ_ASSIGN_OR_RETURN(model::PlanContext d, model::BuildPlan(draft_options, /*draft=*/true));
     const std::string arch = model::OllamaArchitecture(d.inventory->config());
     if (arch.empty()) return Status::InvalidInput("draft architecture not found in " + options.draft_dir);
-    draft_info["model_format"] = "safetensors";
-    draft_info["architecture"] = arch;
-    draft_info["tensor_prefix"] = "draft.";
-    draft_info["config"] = "draft/config.json";
-    draft = std::move(d);
+    im.draft_info["model_format"] = "safetensors";
+    im.draft_info["architecture"] = arch;
+    im.draft_info["tensor_prefix"] = "draft.";
+    im.draft_info["config"] = "draft/config.json";
+    im.draft = std::move(d);
   }
-  STQ_ASSIGN_OR_RETURN(OllamaStore store, OllamaStore::Open(root));
+  return im;
+}
 
+// The layers of a base model's manifest that the import keeps: all but those of a kind the
+// Modelfile gives anew (TEMPLATE, SYSTEM, LICENSE, PARAMETER), as ollama replaces them.
+std::vector<OllamaLayer> BaseLayers(const PreparedImport& im) {
+  std::vector<OllamaLayer> layers;
+  const model::OllamaModelfile& mf = im.modelfile;
+  for (OllamaLayer layer : im.base_manifest.layers) {
+    layer.reused = true;
+    const bool replaced = (layer.media_type == kOllamaMediaTemplate && !mf.template_text.empty()) ||
+                          (layer.media_type == kOllamaMediaSystem && !mf.system.empty()) ||
+                          (layer.media_type == kOllamaMediaLicense && !mf.license.empty()) ||
+                          (layer.media_type == kOllamaMediaParams && !mf.parameters.empty());
+    if (!replaced) layers.push_back(std::move(layer));
+  }
+  return layers;
+}
+
+}  // namespace
+
+Result<ConversionPlan> PlanOllamaImport(const ConvertOptions& given) {
+  STQ_ASSIGN_OR_RETURN(PreparedImport im, PrepareImport(given));
+  ConversionPlan plan;
+  if (im.context) plan = im.context->plan;
+  if (im.base) {
+    plan.architecture = im.base_config.value("architecture", "");
+    plan.source_kind = "ollama model " + im.base->Display();
+    for (const OllamaLayer& l : BaseLayers(im)) plan.manifest_layers.push_back({l.media_type, l.name, l.size, l.digest});
+  }
+  auto add_tensor_layers = [&](const ConversionPlan& p, const std::string& prefix) {
+    for (const PlannedTensor& t : p.tensors) {
+      const std::string name = prefix + t.blob;
+      if (plan.manifest_layers.empty() || plan.manifest_layers.back().name != name ||
+          plan.manifest_layers.back().media_type != kOllamaMediaTensor) {
+        plan.manifest_layers.push_back({kOllamaMediaTensor, name, 0, ""});
+      }
+      plan.manifest_layers.back().bytes += t.output_bytes;
+    }
+  };
+  auto add_config_layers = [&](const std::string& dir, const std::string& prefix) -> Status {
+    STQ_ASSIGN_OR_RETURN(const std::vector<std::string> files, ConfigFiles(dir));
+    for (const std::string& file : files) {
+      std::error_code ec;
+      const uint64_t size = fs::file_size(dir + "/" + file, ec);
+      plan.manifest_layers.push_back({kOllamaMediaJson, prefix + file, ec ? 0 : size, ""});
+    }
+    return Status::Ok();
+  };
+  if (im.context) {
+    add_tensor_layers(plan, "");
+    STQ_RETURN_IF_ERROR(add_config_layers(im.options.source_dir, ""));
+  }
+  if (im.draft) {
+    for (PlannedTensor t : im.draft->plan.tensors) {
+      t.name = "draft." + t.name;
+      t.blob = "draft." + t.blob;
+      plan.tensors.push_back(std::move(t));
+    }
+    add_tensor_layers(im.draft->plan, "draft.");
+    STQ_RETURN_IF_ERROR(add_config_layers(im.options.draft_dir, "draft/"));
+    plan.input_bytes += im.draft->plan.input_bytes;
+    plan.output_bytes += im.draft->plan.output_bytes;
+    plan.parameters += im.draft->plan.parameters;
+  }
+  const model::OllamaModelfile& mf = im.modelfile;
+  for (const auto& [text, media] : {std::pair{&mf.template_text, kOllamaMediaTemplate},
+                                    std::pair{&mf.system, kOllamaMediaSystem},
+                                    std::pair{&mf.license, kOllamaMediaLicense}}) {
+    if (!text->empty()) plan.manifest_layers.push_back({media, "", text->size(), ""});
+  }
+  if (!mf.parameters.empty()) {
+    plan.manifest_layers.push_back({kOllamaMediaParams, "", mf.parameters.dump().size() + 1, ""});
+  }
+  plan.manifest_path = im.root + "/manifests/" + im.name.ManifestPath();
+  return plan;
+}
+
+Result<ConvertSummary> ConvertToOllamaStore(const ConvertOptions& given,
+                                            const std::function<void(const ConvertProgress&)>& callback) {
+  const auto start = std::chrono::steady_clock::now();
+  STQ_ASSIGN_OR_RETURN(PreparedImport im, PrepareImport(given));
+  const ConvertOptions& options = im.options;
+  const model::OllamaModelfile& modelfile = im.modelfile;
+  const OllamaName& name = im.name;
+  std::optional<model::PlanContext>& draft = im.draft;
+  STQ_ASSIGN_OR_RETURN(OllamaStore store, OllamaStore::Open(im.root));
+
+  const model::PlanContext* context = im.context ? &*im.context : nullptr;  // none FROM an existing model
   std::vector<model::OllamaPrequantBlob> prequant_blobs, draft_prequant_blobs;
-  if (context.prequant) {
-    STQ_ASSIGN_OR_RETURN(prequant_blobs, model::OllamaPrequantBlobs(*context.prequant, context.inventory->path(),
+  if (context && context->prequant) {
+    STQ_ASSIGN_OR_RETURN(prequant_blobs, model::OllamaPrequantBlobs(*context->prequant, context->inventory->path(),
                                                                     options.requantize));
   }
   if (draft && draft->prequant) {
@@ -478,18 +620,23 @@ Result<ConvertSummary> ConvertToOllamaStore(const ConvertOptions& given,
                                                                           options.requantize));
   }
   std::vector<ReadAhead::Range> source_ranges;
-  AddSourceRanges(context, prequant_blobs, source_ranges);
+  if (context) AddSourceRanges(*context, prequant_blobs, source_ranges);
   if (draft) AddSourceRanges(*draft, draft_prequant_blobs, source_ranges);
   ReadAhead read_ahead(std::move(source_ranges));
 
   ConvertSummary summary;
   Tally tally(callback, summary);
-  tally.Start(context.plan.tensors.size() + (draft ? draft->plan.tensors.size() : 0),
-              context.plan.input_bytes + (draft ? draft->plan.input_bytes : 0), &read_ahead);
+  tally.Start((context ? context->plan.tensors.size() : 0) + (draft ? draft->plan.tensors.size() : 0),
+              (context ? context->plan.input_bytes : 0) + (draft ? draft->plan.input_bytes : 0), &read_ahead);
   std::vector<OllamaLayer> layers;
   TensorBlobs blobs(store, layers, tally);
-  STQ_RETURN_IF_ERROR(WritePlanBlobs(blobs, context, prequant_blobs, "", options));
-  STQ_RETURN_IF_ERROR(WriteConfigLayers(store, options.source_dir, "", layers));
+  if (im.base) {
+    // FROM an existing model: its layers are reused as they are (their blobs are in the store).
+    layers = BaseLayers(im);
+  } else {
+    STQ_RETURN_IF_ERROR(WritePlanBlobs(blobs, *context, prequant_blobs, "", options));
+    STQ_RETURN_IF_ERROR(WriteConfigLayers(store, options.source_dir, "", layers));
+  }
   if (draft) {
     STQ_RETURN_IF_ERROR(WritePlanBlobs(blobs, *draft, draft_prequant_blobs, "draft.", options));
     STQ_RETURN_IF_ERROR(WriteConfigLayers(store, options.draft_dir, "draft/", layers));
@@ -506,32 +653,45 @@ Result<ConvertSummary> ConvertToOllamaStore(const ConvertOptions& given,
   STQ_RETURN_IF_ERROR(text_layer(modelfile.license, kOllamaMediaLicense));
   if (!modelfile.parameters.empty()) STQ_RETURN_IF_ERROR(text_layer(modelfile.parameters.dump() + "\n", kOllamaMediaParams));
 
-  // The ConfigV2 config blob (ollama-create-spec §9.3, §9.4).
-  const nlohmann::json& config = context.inventory->config();
-  const std::string chat_template = model::ReadChatTemplate(options.source_dir);
+  // The ConfigV2 config blob (ollama-create-spec §9.3, §9.4); FROM an existing model, a copy of
+  // its own with the Modelfile's and the draft's fields set anew.
+  nlohmann::ordered_json config_v2;
+  if (im.base) {
+    config_v2 = im.base_config;
+    if (!modelfile.parser.empty()) config_v2["parser"] = modelfile.parser;
+    if (!modelfile.renderer.empty()) config_v2["renderer"] = modelfile.renderer;
+    if (!modelfile.requires_version.empty()) config_v2["requires"] = modelfile.requires_version;
+    if (draft) config_v2["draft"] = im.draft_info;
+  }
+  std::string chat_template;
+  if (context) {
+    STQ_ASSIGN_OR_RETURN(chat_template, model::ReadChatTemplate(options.source_dir));
+  }
+  const nlohmann::json& config = context ? context->inventory->config() : nlohmann::json::object();
   const std::string parser =
       !modelfile.parser.empty() ? modelfile.parser : model::OllamaParserName(config, chat_template);
   const std::string renderer =
       !modelfile.renderer.empty() ? modelfile.renderer : model::OllamaRendererName(config, chat_template);
-  nlohmann::ordered_json config_v2;
+  if (!im.base) {
   config_v2["model_format"] = "safetensors";
   config_v2["model_family"] = "";
   config_v2["model_families"] = nullptr;
   config_v2["model_type"] = "";
-  config_v2["file_type"] = FileType(context);
+  config_v2["file_type"] = FileType(*context);
   if (!renderer.empty()) config_v2["renderer"] = renderer;
   if (!parser.empty()) config_v2["parser"] = parser;
   config_v2["requires"] = modelfile.requires_version.empty() ? model::kOllamaMinVersion : modelfile.requires_version;
   config_v2["capabilities"] = model::OllamaCapabilities(config, chat_template, parser);
-  if (draft) config_v2["draft"] = draft_info;
+  if (draft) config_v2["draft"] = im.draft_info;
   config_v2["architecture"] = "";
   config_v2["os"] = "";
   config_v2["rootfs"] = {{"type", "layers"}, {"diff_ids", nullptr}};
+  }
   STQ_ASSIGN_OR_RETURN(OllamaLayer config_layer, store.AddBlobBytes(config_v2.dump(), kOllamaMediaConfig, ""));
 
   STQ_ASSIGN_OR_RETURN(summary.manifest_path, store.WriteManifest(name, config_layer, layers));
   summary.input_bytes = tally.bytes_total();
-  summary.parameters = context.plan.parameters + (draft ? draft->plan.parameters : 0);
+  summary.parameters = (context ? context->plan.parameters : 0) + (draft ? draft->plan.parameters : 0);
   summary.layers = layers.size();
   for (const OllamaLayer& l : layers) summary.blobs_reused += l.reused;
   summary.shards = 0;

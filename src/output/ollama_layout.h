@@ -10,6 +10,10 @@
 
 namespace stquant::output {
 
+// The plan of an import without writing anything (--dry-run): the tensors with their blobs, and the
+// manifest's layers and path; the Modelfile's FROM / DRAFT resolved as the import resolves them.
+Result<ConversionPlan> PlanOllamaImport(const ConvertOptions& options);
+
 Result<ConvertSummary> ConvertToOllamaStore(const ConvertOptions& options,
                                             const std::function<void(const ConvertProgress&)>& progress);
 

@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <filesystem>
@@ -15,6 +16,9 @@
 
 #include "output/output_dir.h"
 #include "util/file.h"
+#include "util/input_file.h"
+#include "util/json_input.h"
+#include "util/printable.h"
 
 namespace stquant::output {
 
@@ -192,6 +196,13 @@ Result<OllamaLayer> OllamaStore::AddBlobBytes(const std::string& bytes, std::str
   return AddBlobFile(temp, Sha256Hex(bytes), std::move(media_type), std::move(name));
 }
 
+Result<OllamaLayer> OllamaStore::AddBlobCopy(const std::string& source, std::string media_type, std::string name) {
+  const std::string temp = NewTempPath();
+  Sha256 sha;
+  STQ_RETURN_IF_ERROR(CopyFileAtomically(source, temp, [&sha](std::span<const uint8_t> bytes) { sha.Update(bytes); }));
+  return AddBlobFile(temp, sha.HexDigest(), std::move(media_type), std::move(name));
+}
+
 Result<std::string> OllamaStore::WriteManifest(const OllamaName& name, const OllamaLayer& config,
                                                const std::vector<OllamaLayer>& layers) {
   // One fsync of blobs/ makes every blob renamed into it durable before the manifest naming them.
@@ -212,21 +223,64 @@ Result<std::string> OllamaStore::WriteManifest(const OllamaName& name, const Oll
   return path.string();
 }
 
-Result<nlohmann::json> OllamaStore::ReadManifest(const OllamaName& name) const {
+Result<OllamaManifest> OllamaStore::ReadManifest(const OllamaName& name) const {
   const std::string path = (fs::path(root_) / "manifests" / name.ManifestPath()).string();
   std::error_code ec;
-  if (!fs::is_regular_file(path, ec)) {
+  if (!fs::exists(fs::symlink_status(path, ec))) {
     return Status::InvalidArgument(fmt::format("model '{}' not found in {} (no {})", name.Display(), root_, path));
   }
-  STQ_ASSIGN_OR_RETURN(util::Fd fd, util::OpenForRead(path));
-  STQ_ASSIGN_OR_RETURN(uint64_t size, util::RegularFileSize(fd.get(), path));
-  std::string text(size, '\0');
-  STQ_RETURN_IF_ERROR(util::PreadFull(fd.get(), {reinterpret_cast<uint8_t*>(text.data()), text.size()}, 0, path));
-  nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
-  if (j.is_discarded() || !j.is_object() || !j.contains("layers") || !j["layers"].is_array()) {
-    return Status::InvalidInput(fmt::format("{}: not an ollama manifest", path));
+  STQ_ASSIGN_OR_RETURN(std::string text, util::ReadRegularFile(path, util::kJsonConfigLimit));
+  return ParseOllamaManifest(text, path);
+}
+
+namespace {
+
+bool IsBlobDigest(std::string_view digest) {
+  constexpr std::string_view kPrefix = "sha256:";
+  if (digest.size() != kPrefix.size() + 64 || !digest.starts_with(kPrefix)) return false;
+  return std::all_of(digest.begin() + kPrefix.size(), digest.end(),
+                     [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
+}
+
+Result<OllamaLayer> ParseLayer(const nlohmann::json& j, const std::string& where) {
+  if (!j.is_object()) return Status::InvalidInput(where + " is not an object");
+  OllamaLayer layer;
+  const auto digest = j.find("digest");
+  if (digest == j.end() || !digest->is_string() || !IsBlobDigest(digest->get_ref<const std::string&>())) {
+    return Status::InvalidInput(where + " has no digest \"sha256:<64 hex digits>\"");
   }
-  return j;
+  layer.digest = digest->get<std::string>();
+  for (auto [key, field] : {std::pair{"mediaType", &layer.media_type}, std::pair{"name", &layer.name}}) {
+    const auto it = j.find(key);
+    if (it == j.end()) continue;
+    if (!it->is_string()) return Status::InvalidInput(fmt::format("{}: \"{}\" is not a string", where, key));
+    *field = it->get<std::string>();
+  }
+  if (const auto size = j.find("size"); size != j.end()) {
+    if (!size->is_number_unsigned()) return Status::InvalidInput(where + ": \"size\" is not a non-negative integer");
+    layer.size = size->get<uint64_t>();
+  }
+  return layer;
+}
+
+}  // namespace
+
+Result<OllamaManifest> ParseOllamaManifest(std::string_view text, const std::string& path) {
+  STQ_ASSIGN_OR_RETURN(nlohmann::json j, util::ParseJson(text, path, util::kJsonConfigLimit));
+  const std::string where = util::Quoted(path);
+  const auto layers = j.is_object() ? j.find("layers") : j.end();
+  if (!j.is_object() || layers == j.end() || !layers->is_array()) {
+    return Status::InvalidInput(where + ": not an ollama manifest (no \"layers\" array)");
+  }
+  OllamaManifest manifest;
+  if (const auto config = j.find("config"); config != j.end()) {
+    STQ_ASSIGN_OR_RETURN(manifest.config, ParseLayer(*config, where + ": \"config\""));
+  }
+  for (size_t i = 0; i < layers->size(); ++i) {
+    STQ_ASSIGN_OR_RETURN(OllamaLayer layer, ParseLayer((*layers)[i], fmt::format("{}: layer {}", where, i)));
+    manifest.layers.push_back(std::move(layer));
+  }
+  return manifest;
 }
 
 }  // namespace stquant::output

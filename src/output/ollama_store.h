@@ -17,8 +17,10 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -66,6 +68,19 @@ struct OllamaLayer {
   nlohmann::ordered_json ToJson() const;
 };
 
+// A manifest as read back.
+struct OllamaManifest {
+  std::optional<OllamaLayer> config;
+  std::vector<OllamaLayer> layers;
+};
+
+// Parses the text of a manifest (pure: any bytes are safe input; fuzz/config_files_fuzz.cc). The
+// JSON is read with util::ParseJson; "layers" must be an array, and every layer (and "config",
+// when present) an object whose "digest" is "sha256:" and 64 lowercase hex digits (so that a blob
+// path never leaves blobs/), whose "mediaType" and "name" are strings and whose "size" is a
+// non-negative integer, when present. InvalidInput naming `path` and the layer otherwise.
+Result<OllamaManifest> ParseOllamaManifest(std::string_view text, const std::string& path);
+
 // SHA-256 taken piece by piece as bytes are produced (OpenSSL's streaming API).
 class Sha256 {
  public:
@@ -108,12 +123,16 @@ class OllamaStore {
   Result<OllamaLayer> AddBlobFile(const std::string& temp_path, const std::string& hex, std::string media_type,
                                   std::string name);
   Result<OllamaLayer> AddBlobBytes(const std::string& bytes, std::string media_type, std::string name);
+  // A blob of the bytes of the regular file at `source` (copied in pieces, see CopyFileAtomically,
+  // and hashed as they are copied).
+  Result<OllamaLayer> AddBlobCopy(const std::string& source, std::string media_type, std::string name);
   // fsyncs blobs/ (the names of the blobs added so far), then writes the manifest atomically
   // (temp file, fsync, rename); the last step of an import. Returns its path.
   Result<std::string> WriteManifest(const OllamaName& name, const OllamaLayer& config,
                                     const std::vector<OllamaLayer>& layers);
-  // Reads a manifest: InvalidArgument "model '<name>' not found in <root>" when absent.
-  Result<nlohmann::json> ReadManifest(const OllamaName& name) const;
+  // Reads a manifest (within util::kJsonConfigLimit; ParseOllamaManifest): InvalidArgument "model
+  // '<name>' not found in <root>" when there is no file of that name.
+  Result<OllamaManifest> ReadManifest(const OllamaName& name) const;
 
  private:
   std::string root_;

@@ -12,6 +12,7 @@
 #include <fmt/format.h>
 
 #include "util/file.h"
+#include "util/input_file.h"
 
 namespace stquant::output {
 
@@ -129,15 +130,16 @@ Status WriteFileAtomically(const std::string& path, const std::string& contents)
   return file.Commit();
 }
 
-Status CopyFileAtomically(const std::string& from, const std::string& path) {
-  STQ_ASSIGN_OR_RETURN(util::Fd in, util::OpenForRead(from));
-  STQ_ASSIGN_OR_RETURN(uint64_t size, util::RegularFileSize(in.get(), from));
+Status CopyFileAtomically(const std::string& from, const std::string& path,
+                          const std::function<void(std::span<const uint8_t>)>& copied) {
+  STQ_ASSIGN_OR_RETURN(util::RegularFile in, util::OpenRegularFile(from));
   STQ_ASSIGN_OR_RETURN(util::AtomicFile file, util::AtomicFile::Create(path));
-  std::vector<uint8_t> buffer(std::min<uint64_t>(size, 8 << 20));
-  for (uint64_t offset = 0; offset < size; offset += buffer.size()) {
-    std::span<uint8_t> piece(buffer.data(), std::min<uint64_t>(buffer.size(), size - offset));
-    STQ_RETURN_IF_ERROR(util::PreadFull(in.get(), piece, offset, from));
+  std::vector<uint8_t> buffer(std::min<uint64_t>(in.size, 8 << 20));
+  for (uint64_t offset = 0; offset < in.size; offset += buffer.size()) {
+    std::span<uint8_t> piece(buffer.data(), std::min<uint64_t>(buffer.size(), in.size - offset));
+    STQ_RETURN_IF_ERROR(util::PreadFull(in.fd.get(), piece, offset, from));
     STQ_RETURN_IF_ERROR(util::PwriteFull(file.fd(), piece, offset, file.temp_path()));
+    if (copied) copied(piece);
   }
   return file.Commit();
 }

@@ -8,6 +8,8 @@
 // in atomically.
 #pragma once
 
+#include <functional>
+#include <span>
 #include <string>
 
 #include "stquant/status.h"
@@ -45,7 +47,10 @@ class OutputDir {
 
 // Writes `contents` to `path` through a temp file + fsync + rename.
 Status WriteFileAtomically(const std::string& path, const std::string& contents);
-// Copies a regular file (following symlinks) to `path`, atomically.
-Status CopyFileAtomically(const std::string& from, const std::string& path);
+// Copies a regular file (following symlinks; anything else is refused, see util::OpenRegularFile)
+// to `path`, atomically, in pieces of at most 8 MiB; `copied` (optional) gets each piece, in order
+// (a hash taken while copying).
+Status CopyFileAtomically(const std::string& from, const std::string& path,
+                          const std::function<void(std::span<const uint8_t>)>& copied = nullptr);
 
 }  // namespace stquant::output

@@ -468,7 +468,8 @@ Result<ConvertSummary> ConvertPrequantMlx(const ConvertOptions& options, const m
   const Inventory& inv = *context.inventory;
   const model::PrequantPlan& pq = *context.prequant;
   const ConversionPlan& plan = context.plan;
-  const bool requantize = options.quant.has_value();
+  // -q TYPE --requantize or --dequantize: the quantized layers are written from their values.
+  const bool rewrite = options.quant.has_value() || options.dequantize;
 
   // Output tensors.
   std::map<std::string, std::vector<const PrequantTensor*>> by_layer;
@@ -479,7 +480,7 @@ Result<ConvertSummary> ConvertPrequantMlx(const ConvertOptions& options, const m
   uint64_t parameters = 0;
   const DType float_dtype = model::DequantizedDType(inv.config());
   for (const PrequantTensor& t : pq.tensors) {
-    if (!requantize || t.layer.empty()) {
+    if (!rewrite || t.layer.empty()) {
       OutTensor o{t.name, t.dtype, t.shape, t.bytes};
       o.copy = &t;
       outs.push_back(std::move(o));
@@ -505,14 +506,14 @@ Result<ConvertSummary> ConvertPrequantMlx(const ConvertOptions& options, const m
     int64_t elements = 1;
     for (int64_t d : shape) elements *= d;
     parameters += elements;
-    QuantSpec spec = *options.quant;
-    if (shape.back() % spec.group_size != 0) {
+    if (!options.quant || shape.back() % options.quant->group_size != 0) {
       OutTensor o{t.name, float_dtype, shape, Bytes(float_dtype, shape)};
       o.layer = layer;
       o.role = "float";
       outs.push_back(std::move(o));
       continue;
     }
+    const QuantSpec spec = *options.quant;
     std::vector<int64_t> packed = shape, groups = shape;
     packed.back() = PackedWordsPerRow(spec, shape.back());
     groups.back() = GroupsPerRow(spec, shape.back());
@@ -600,8 +601,8 @@ Result<ConvertSummary> ConvertPrequantMlx(const ConvertOptions& options, const m
   STQ_RETURN_IF_ERROR(WriteFileAtomically(dir.PathOf("model.safetensors.index.json"), index.dump(4) + "\n"));
 
   // config.json: mlx-lm's normalization; the quantization block of the plan (or the requested type).
-  nlohmann::json config = MlxConfigBase(inv, plan.copied_files);
-  if (requantize || !pq.keep_config) {
+  STQ_ASSIGN_OR_RETURN(nlohmann::json config, MlxConfigBase(inv, plan.copied_files));
+  if (rewrite || !pq.keep_config) {
     for (nlohmann::json* root : {&config, config.contains("text_config") ? &config["text_config"] : nullptr}) {
       if (root == nullptr || !root->is_object()) continue;
       root->erase("quantization");
@@ -609,7 +610,8 @@ Result<ConvertSummary> ConvertPrequantMlx(const ConvertOptions& options, const m
       root->erase("compression_config");
     }
     nlohmann::json q = pq.quantization;
-    if (requantize) {
+    if (options.dequantize) q = nullptr;
+    if (options.quant) {
       q = {{"group_size", options.quant->group_size}, {"bits", options.quant->bits},
            {"mode", std::string(ModeInfo(options.quant->mode).name)}};
     }
@@ -629,7 +631,7 @@ Result<ConvertSummary> ConvertPrequantMlx(const ConvertOptions& options, const m
   summary.output_bytes = output_bytes;
   summary.parameters = parameters;
   summary.tensors = outs.size();
-  summary.quantized_tensors = requantize ? quantized : pq.layers.size();
+  summary.quantized_tensors = rewrite ? quantized : pq.layers.size();
   summary.shards = shard_count;
   summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   struct rusage usage {};

@@ -104,7 +104,10 @@ std::map<std::string, std::string> QuantMetadata(const std::vector<TensorJob>& j
 Status CheckFilePaths(const std::string& input_path, const std::string& output_path) {
   namespace fs = std::filesystem;
   std::error_code ec;
-  if (!fs::exists(input_path, ec)) return Status::InvalidArgument("'" + input_path + "': no such file or directory");
+  // No entry at all; a link loop or a dangling link is named as such when the input is opened.
+  if (!fs::exists(fs::symlink_status(input_path, ec))) {
+    return Status::InvalidArgument("'" + input_path + "': no such file or directory");
+  }
   if (fs::is_directory(output_path, ec)) {
     return Status::InvalidArgument(fmt::format("output '{}' is a directory; give the name of a .safetensors file", output_path));
   }

@@ -86,23 +86,6 @@ std::optional<size_t> FindInvalidUtf8(std::string_view text) {
   return std::nullopt;
 }
 
-std::string Printable(std::string_view name) {
-  std::string out;
-  out.reserve(name.size());
-  for (const char ch : name) {
-    const auto c = static_cast<unsigned char>(ch);
-    if (c < 0x20 || c == 0x7F) {
-      out += fmt::format("\\x{:02x}", c);
-    } else if (c == '\'' || c == '\\') {
-      out += '\\';
-      out += ch;
-    } else {
-      out += ch;
-    }
-  }
-  return out;
-}
-
 std::string ShapeString(std::span<const int64_t> shape) { return fmt::format("[{}]", fmt::join(shape, ", ")); }
 
 }  // namespace internal

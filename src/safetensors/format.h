@@ -9,6 +9,7 @@
 #include <string_view>
 
 #include "stquant/dtype.h"
+#include "util/printable.h"
 
 namespace stquant::safetensors::internal {
 
@@ -31,9 +32,8 @@ std::optional<uint64_t> ByteSize(int64_t elements, DType dtype);
 // overlong forms, no surrogates, nothing above U+10FFFF), or nullopt when all of it is.
 std::optional<size_t> FindInvalidUtf8(std::string_view text);
 
-// `name` for a one-line message: control characters and DEL become \xNN, and `'` and `\` are
-// escaped, so that a hostile name cannot break the line or the quoting.
-std::string Printable(std::string_view name);
+// `name` for a one-line message (util/printable.h).
+using util::Printable;
 
 // "[2, 3]".
 std::string ShapeString(std::span<const int64_t> shape);

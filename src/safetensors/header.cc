@@ -11,6 +11,7 @@
 
 #include "safetensors/format.h"
 #include "stquant/safetensors.h"
+#include "util/json_input.h"
 
 namespace stquant::safetensors {
 
@@ -96,6 +97,12 @@ class StrictDomBuilder {  // NOLINT(bugprone-exception-escape)
   }
 
   bool Open(json container) {
+    // A valid header nests 3 levels (root, entry, shape); the limit bounds what a hostile one
+    // builds before its error is found (100 MB of '[' would otherwise be gigabytes of DOM).
+    if (open_.size() >= static_cast<size_t>(util::kMaxJsonDepth)) {
+      error_ = fmt::format("header JSON is nested deeper than {} levels", util::kMaxJsonDepth);
+      return false;
+    }
     std::string name = open_.empty() || open_.back().value->is_array() ? std::string() : open_.back().key;
     json* value = Add(std::move(container));
     open_.push_back({value, std::move(name), {}});

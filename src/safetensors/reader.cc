@@ -9,13 +9,14 @@
 
 #include "safetensors/format.h"
 #include "stquant/safetensors.h"
-#include "util/file.h"
+#include "util/input_file.h"
 
 namespace stquant::safetensors {
 
 Result<std::unique_ptr<Reader>> Reader::Open(const std::string& path) {
-  STQ_ASSIGN_OR_RETURN(util::Fd fd, util::OpenForRead(path));
-  STQ_ASSIGN_OR_RETURN(const uint64_t size, util::RegularFileSize(fd.get(), path));
+  STQ_ASSIGN_OR_RETURN(util::RegularFile file, util::OpenRegularFile(path));
+  util::Fd& fd = file.fd;
+  const uint64_t size = file.size;
   if (size < 8) {
     return Status::InvalidInput(
         fmt::format("{}: file is {} bytes, shorter than the 8-byte header length (empty or truncated file?)", path,

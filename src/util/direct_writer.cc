@@ -20,6 +20,7 @@
 #include <fmt/format.h>
 
 #include "util/file.h"
+#include "util/input_file.h"
 
 namespace stquant::util {
 
@@ -313,8 +314,9 @@ void DirectWriter::State::TapTurns(std::unique_lock<std::mutex>& lock) {
     plain.erase(p);
     lock.unlock();
     ChunkBuffer buffer = BufferPool::Get().Take();
-    Result<Fd> fd = OpenForRead(path);
-    Status status = fd.ok() ? PreadFull(fd->get(), {buffer.get(), length - within}, tapped, path) : fd.status();
+    Result<RegularFile> file = OpenRegularFile(path);
+    Status status =
+        file.ok() ? PreadFull(file->fd.get(), {buffer.get(), length - within}, tapped, path) : file.status();
     if (status.ok()) tap({buffer.get(), length - within});
     BufferPool::Get().Give(std::move(buffer));
     lock.lock();

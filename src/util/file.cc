@@ -80,22 +80,6 @@ void Fd::Reset(int fd) {
   fd_ = fd;
 }
 
-Result<Fd> OpenForRead(const std::string& path) {
-  int fd;
-  do {
-    fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  } while (fd < 0 && errno == EINTR);
-  if (fd < 0) return Status::FromErrno("open", path, errno);
-  return Fd(fd);
-}
-
-Result<uint64_t> RegularFileSize(int fd, const std::string& path) {
-  struct stat st;
-  if (::fstat(fd, &st) != 0) return Status::FromErrno("stat", path, errno);
-  if (!S_ISREG(st.st_mode)) return Status::InvalidInput(path + ": not a regular file");
-  return static_cast<uint64_t>(st.st_size);
-}
-
 Status PreadFull(int fd, std::span<uint8_t> dst, uint64_t offset, std::string_view path) {
   size_t done = 0;
   while (done < dst.size()) {
@@ -374,8 +358,11 @@ void RemoveStaleTemps(const std::string& dir, const std::string& prefix) {
     // The lock file is created before any temporary of its tag and removed after the last one, so
     // a temporary without one is a leftover.
     const std::string lock_path = dir + "/" + prefix + tag + std::string(kLockSuffix);
-    Fd lock(::open(lock_path.c_str(), O_RDONLY | O_CLOEXEC));
+    // O_NONBLOCK: a FIFO of that name would block the open forever; it is no lock of ours.
+    Fd lock(::open(lock_path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC));
     if (lock.get() < 0 && errno != ENOENT) continue;  // unreadable (another user's): leave it
+    struct stat st {};
+    if (lock.get() >= 0 && (::fstat(lock.get(), &st) != 0 || !S_ISREG(st.st_mode))) continue;
     if (lock.get() >= 0 && ::flock(lock.get(), LOCK_EX | LOCK_NB) != 0) continue;  // its owner runs
     for (const fs::path& path : paths) {
       if (path.native() != lock_path) fs::remove_all(path, ec);

@@ -39,11 +39,7 @@ class Fd {
   int fd_ = -1;
 };
 
-// Opens an existing file read-only (O_CLOEXEC).
-Result<Fd> OpenForRead(const std::string& path);
-
-// Size of an open regular file; InvalidInput when it is not a regular file (a directory, a FIFO).
-Result<uint64_t> RegularFileSize(int fd, const std::string& path);
+// Opening the files stquant reads (whose names come from strangers) is util/input_file.h.
 
 // Reads exactly dst.size() bytes at `offset`, retrying on EINTR and short reads. Hitting end of
 // file first is an IoError ("unexpected end of file"): callers validate sizes before reading, so

@@ -61,6 +61,20 @@ TEST(OllamaModelfile, UnknownParameterIsAnError) {
   EXPECT_FALSE(ParseOllamaModelfile("PARAMETER temperature warm\n", ".").ok());
 }
 
+// Found by fuzz/config_files_fuzz.cc (issue 17).
+TEST(OllamaModelfile, HostileTextGivesOneLineErrors) {
+  auto message = [](const std::string& text) { return ParseOllamaModelfile(text, ".").status().message(); };
+  // Control characters from the file are escaped in the message.
+  EXPECT_EQ(message("PARAMETER s\x01\r\x1b[2J 1\n"), "unknown parameter 's\\x01\\x0d\\x1b[2j'");
+  EXPECT_EQ(message("PARAMETER temperature \"1\r\"\n"), "invalid value for parameter 'temperature': 1\\x0d");
+  EXPECT_EQ(message("FR\x01OM x\n"), "unknown Modelfile command 'fr\\x01om'");
+  // A """quoted""" argument keeps its trailing blanks: a name followed by blanks has no value (this
+  // used to throw std::out_of_range: an internal error).
+  EXPECT_EQ(message("PARAMETER \"\"\"temperature   \"\"\"\n"), "PARAMETER needs a name and a value: temperature   ");
+  // Its strings go into JSON blobs: they must be UTF-8.
+  EXPECT_EQ(message("FROM .\nSYSTEM \"caf\xe9\"\n"), "Modelfile is not valid UTF-8 (byte 0xe9 at offset 18)");
+}
+
 TEST(OllamaParserRenderer, Table) {
   auto arch = [](const char* a) { return nlohmann::json{{"architectures", {a}}}; };
   EXPECT_EQ(OllamaParserName(arch("MuseGlimmerForConditionalGeneration"), ""), "glimmer");

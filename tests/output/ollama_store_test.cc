@@ -2,6 +2,7 @@
 #include "output/ollama_store.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <sys/file.h>
 #include <unistd.h>
 
@@ -14,6 +15,7 @@
 #include <vector>
 
 #include "util/file.h"
+#include "util/file_test_util.h"
 
 namespace stquant::output {
 namespace {
@@ -129,16 +131,72 @@ TEST_F(OllamaStoreTest, ManifestIsWrittenWithLayersInOrder) {
   Result<std::string> path = store->WriteManifest(*ParseOllamaName("me/m:v1"), config, {t, j});
   ASSERT_TRUE(path.ok()) << path.status().message();
   EXPECT_EQ(*path, root_ + "/manifests/registry.ollama.ai/me/m/v1");
-  Result<nlohmann::json> m = store->ReadManifest(*ParseOllamaName("me/m:v1"));
-  ASSERT_TRUE(m.ok());
-  EXPECT_EQ((*m)["schemaVersion"], 2);
-  EXPECT_EQ((*m)["mediaType"], kOllamaMediaManifest);
-  EXPECT_EQ((*m)["config"]["digest"], config.digest);
-  EXPECT_FALSE((*m)["config"].contains("name"));
-  ASSERT_EQ((*m)["layers"].size(), 2u);
-  EXPECT_EQ((*m)["layers"][0]["name"], "w.weight");
-  EXPECT_EQ((*m)["layers"][1]["mediaType"], kOllamaMediaJson);
-  EXPECT_FALSE(store->ReadManifest(*ParseOllamaName("other")).ok());
+  std::ifstream written(*path);
+  const nlohmann::json raw = nlohmann::json::parse(written);
+  EXPECT_EQ(raw["schemaVersion"], 2);
+  EXPECT_EQ(raw["mediaType"], kOllamaMediaManifest);
+  EXPECT_FALSE(raw["config"].contains("name"));
+  Result<OllamaManifest> m = store->ReadManifest(*ParseOllamaName("me/m:v1"));
+  ASSERT_TRUE(m.ok()) << m.status().message();
+  ASSERT_TRUE(m->config.has_value());
+  EXPECT_EQ(m->config->digest, config.digest);
+  EXPECT_EQ(m->config->media_type, kOllamaMediaConfig);
+  ASSERT_EQ(m->layers.size(), 2u);
+  EXPECT_EQ(m->layers[0].name, "w.weight");
+  EXPECT_EQ(m->layers[0].size, 6u);
+  EXPECT_EQ(m->layers[1].media_type, kOllamaMediaJson);
+  EXPECT_EQ(store->ReadManifest(*ParseOllamaName("other")).status().code(), StatusCode::kInvalidArgument);
+}
+
+// Issue 17: a manifest is input like any other file.
+TEST_F(OllamaStoreTest, ManifestThatIsAFifoOrTooLargeIsRefusedAtOnce) {
+  Result<OllamaStore> store = OllamaStore::Open(root_);
+  ASSERT_TRUE(store.ok());
+  const fs::path dir = fs::path(root_) / "manifests/registry.ollama.ai/library/fifo";
+  fs::create_directories(dir);
+  ASSERT_EQ(::mkfifo((dir / "latest").c_str(), 0600), 0);
+  Result<OllamaManifest> fifo = store->ReadManifest(*ParseOllamaName("fifo"));
+  EXPECT_EQ(fifo.status().code(), StatusCode::kInvalidInput);
+  EXPECT_NE(fifo.status().message().find("not a regular file (a FIFO)"), std::string::npos) << fifo.status().message();
+  std::ofstream(dir / "big") << "{\"layers\": []}" << std::string(5 << 20, ' ');
+  Result<OllamaManifest> big = store->ReadManifest(*ParseOllamaName("fifo:big"));
+  EXPECT_NE(big.status().message().find("over the limit of 4 MiB"), std::string::npos) << big.status().message();
+}
+
+TEST(OllamaManifestTest, LayersMustNameBlobsInsideTheStore) {
+  const std::string digest = "sha256:" + std::string(64, 'a');
+  auto parse = [](const std::string& text) { return ParseOllamaManifest(text, "m"); };
+  auto message = [&](const std::string& text) { return parse(text).status().message(); };
+  Result<OllamaManifest> ok = parse(R"({"layers": [{"digest": ")" + digest + R"(", "size": 3}]})");
+  ASSERT_TRUE(ok.ok()) << ok.status().message();
+  EXPECT_FALSE(ok->config.has_value());
+  EXPECT_EQ(ok->layers[0].size, 3u);
+  EXPECT_EQ(ok->layers[0].media_type, "");
+  EXPECT_EQ(message(R"({"layers": [{"digest": "sha256:../../../../etc/passwd"}]})"),
+            "'m': layer 0 has no digest \"sha256:<64 hex digits>\"");
+  EXPECT_EQ(message(R"({"layers": [{"digest": ")" + digest + R"(", "size": -1}]})"),
+            "'m': layer 0: \"size\" is not a non-negative integer");
+  EXPECT_EQ(message(R"({"layers": [{"digest": ")" + digest + R"(", "size": "3"}]})"),
+            "'m': layer 0: \"size\" is not a non-negative integer");
+  EXPECT_EQ(message(R"({"layers": [{"digest": ")" + digest + R"(", "mediaType": 7}]})"),
+            "'m': layer 0: \"mediaType\" is not a string");
+  EXPECT_EQ(message(R"({"layers": [], "config": []})"), "'m': \"config\" is not an object");
+  EXPECT_EQ(message(R"({"layers": {}})"), "'m': not an ollama manifest (no \"layers\" array)");
+  EXPECT_EQ(message("[]"), "'m': not an ollama manifest (no \"layers\" array)");
+  EXPECT_EQ(message(R"({"layers": )" + std::string(100000, '[')), "'m': invalid JSON: nested deeper than 64 levels");
+}
+
+// Issue 17: a FIFO named like a lock file would block its open; it is left alone, and so are the
+// temporaries of its tag.
+TEST_F(OllamaStoreTest, OpenDoesNotBlockOnAFifoNamedLikeALock) {
+  const fs::path blobs = fs::path(root_) / "blobs";
+  fs::create_directories(blobs);
+  const fs::path lock = blobs / ".stquant-tmp-4194311-0123456789abcdef.lock";
+  ASSERT_EQ(::mkfifo(lock.c_str(), 0600), 0);
+  std::ofstream(blobs / ".stquant-tmp-4194311-0123456789abcdef-0") << "partial";
+  EXPECT_TRUE(testing::WithinLimit([&] { return OllamaStore::Open(root_).status(); }).ok());
+  EXPECT_TRUE(fs::exists(fs::symlink_status(lock)));
+  EXPECT_TRUE(fs::exists(blobs / ".stquant-tmp-4194311-0123456789abcdef-0"));
 }
 
 TEST_F(OllamaStoreTest, OpenRemovesOnlyTemporariesWhoseLockNobodyHolds) {

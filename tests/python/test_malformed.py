@@ -14,6 +14,8 @@ input) in a temp directory, runs one command on it and checks the contract of th
 The per-rule unit tests live in tests/safetensors/header_rules_test.cc and
 tests/model/inventory_test.cc; this file is the end-to-end view of the same rules (exit codes and
 one-line messages from the binary), plus the quantization inputs and the hostile shapes.
+test_hostile_files.py (issue 17) breaks the files themselves: FIFOs, link loops, devices, deep and
+huge JSON, with time and peak RSS measured per run.
 """
 from __future__ import annotations
 

@@ -34,8 +34,10 @@ def convert(stquant, src, store, name, *args, check=True):
 
 
 def manifest_path(store: Path, name: str) -> Path:
+    """[namespace/]model[:tag]; no namespace is ollama's "library"."""
     model, _, tag = name.partition(":")
-    return store / "manifests" / "registry.ollama.ai" / "library" / model / (tag or "latest")
+    namespace, _, model = model.rpartition("/")
+    return store / "manifests" / "registry.ollama.ai" / (namespace or "library") / model / (tag or "latest")
 
 
 def blob(store: Path, digest: str) -> Path:

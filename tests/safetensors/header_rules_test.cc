@@ -52,12 +52,20 @@ TEST_F(HeaderRulesTest, HeaderLengthHugeDoesNotWrap) {
 
 TEST_F(HeaderRulesTest, NotARegularFile) {
   const auto result = Reader::Open(dir_.path());
-  EXPECT_THAT(result, StatusIs(StatusCode::kInvalidInput, HasSubstr(dir_.path() + ": not a regular file")));
+  EXPECT_THAT(result, StatusIs(StatusCode::kInvalidInput, "'" + dir_.path() + "': not a regular file (a directory)"));
 }
 
-TEST_F(HeaderRulesTest, MissingFileIsIoError) {
+TEST_F(HeaderRulesTest, FifoIsRefusedWithoutBlocking) {
+  // Opening a FIFO for reading blocks until a writer appears: it must be refused before that.
+  ASSERT_EQ(::mkfifo(dir_.File("fifo.safetensors").c_str(), 0600), 0);
+  EXPECT_THAT(Reader::Open(dir_.File("fifo.safetensors")),
+              StatusIs(StatusCode::kInvalidInput, HasSubstr("fifo.safetensors': not a regular file (a FIFO)")));
+}
+
+TEST_F(HeaderRulesTest, MissingFileIsBadInput) {
   const auto result = Reader::Open(dir_.File("absent.safetensors"));
-  EXPECT_THAT(result, StatusIs(StatusCode::kIoError, HasSubstr("open '" + dir_.File("absent.safetensors") + "'")));
+  EXPECT_THAT(result, StatusIs(StatusCode::kInvalidInput,
+                               "'" + dir_.File("absent.safetensors") + "': no such file or directory"));
 }
 
 // --- the header as text ---
@@ -77,6 +85,18 @@ TEST_F(HeaderRulesTest, InvalidJson) {
 
 TEST_F(HeaderRulesTest, TrailingGarbageAfterJson) {
   ExpectInvalidHeader(Header(kGood) + "x", std::string(8, '\0'), "header is not valid JSON");
+}
+
+TEST_F(HeaderRulesTest, NestedDeeperThanTheJsonLimit) {
+  // A valid header nests 3 levels; 64 are allowed, and a 65th stops the parse before a hostile
+  // header of 100 MB of '[' builds gigabytes of DOM.
+  ExpectInvalidHeader("{\"__metadata__\":" + std::string(62, '[') + std::string(62, ']') + "}", "",
+                      "__metadata__ is not an object of strings");
+  ExpectInvalidHeader("{\"a\":" + std::string(63, '[') + std::string(63, ']') + "}", "",
+                      "tensor 'a': entry is not an object (found an array of 1)");
+  ExpectInvalidHeader("{\"a\":" + std::string(64, '[') + std::string(64, ']') + "}", "",
+                      "header JSON is nested deeper than 64 levels");
+  ExpectInvalidHeader(std::string(20000000, '['), "", "header JSON is nested deeper than 64 levels");
 }
 
 TEST_F(HeaderRulesTest, NotAnObject) { ExpectInvalidHeader("[]", "", "header JSON is not an object (found an array of 0)"); }
@@ -386,7 +406,7 @@ TEST(ParseHeaderTest, NamesThePathGiven) {
 TEST(ParseHeaderTest, DeepNestingIsAnErrorNotACrash) {
   const std::string deep = "{\"a\":" + std::string(100000, '[') + std::string(100000, ']') + "}";
   EXPECT_THAT(Reader::ParseHeader(deep, 0, "f"),
-              StatusIs(StatusCode::kInvalidInput, HasSubstr("tensor 'a': entry is not an object (found an array of 1)")));
+              StatusIs(StatusCode::kInvalidInput, HasSubstr("header JSON is nested deeper than 64 levels")));
 }
 
 }  // namespace

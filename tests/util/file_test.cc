@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "util/file_test_util.h"
+#include "util/input_file.h"
 
 namespace stquant::util {
 namespace {
@@ -32,11 +33,11 @@ TEST(FdTest, ClosesOnDestructionAndMoves) {
   WriteBytes(dir.File("f"), "x");
   int raw;
   {
-    auto fd = OpenForRead(dir.File("f"));
-    ASSERT_THAT(fd, IsOk());
-    raw = fd->get();
-    Fd moved = std::move(*fd);
-    EXPECT_FALSE(fd->valid());
+    auto file = OpenRegularFile(dir.File("f"));
+    ASSERT_THAT(file, IsOk());
+    raw = file->fd.get();
+    Fd moved = std::move(file->fd);
+    EXPECT_FALSE(file->fd.valid());
     EXPECT_EQ(moved.get(), raw);
     EXPECT_NE(::fcntl(raw, F_GETFD), -1);
   }
@@ -44,34 +45,15 @@ TEST(FdTest, ClosesOnDestructionAndMoves) {
   EXPECT_EQ(errno, EBADF);
 }
 
-TEST(FileTest, OpenMissingNamesThePath) {
-  ScratchDir dir;
-  EXPECT_THAT(OpenForRead(dir.File("nope")),
-              StatusIs(StatusCode::kIoError, "open '" + dir.File("nope") + "': No such file or directory"));
-}
-
-TEST(FileTest, RegularFileSize) {
-  ScratchDir dir;
-  WriteBytes(dir.File("f"), "12345");
-  auto fd = OpenForRead(dir.File("f"));
-  ASSERT_THAT(fd, IsOk());
-  auto size = RegularFileSize(fd->get(), dir.File("f"));
-  ASSERT_THAT(size, IsOk());
-  EXPECT_EQ(*size, 5u);
-  auto dir_fd = OpenForRead(dir.path());
-  ASSERT_THAT(dir_fd, IsOk());
-  EXPECT_THAT(RegularFileSize(dir_fd->get(), dir.path()), StatusIs(StatusCode::kInvalidInput, HasSubstr("not a regular file")));
-}
-
 TEST(FileTest, PreadFullReadsAndReportsEndOfFile) {
   ScratchDir dir;
   WriteBytes(dir.File("f"), "0123456789");
-  auto fd = OpenForRead(dir.File("f"));
-  ASSERT_THAT(fd, IsOk());
+  auto file = OpenRegularFile(dir.File("f"));
+  ASSERT_THAT(file, IsOk());
   std::vector<uint8_t> buf(4);
-  ASSERT_THAT(PreadFull(fd->get(), buf, 3, dir.File("f")), IsOk());
+  ASSERT_THAT(PreadFull(file->fd.get(), buf, 3, dir.File("f")), IsOk());
   EXPECT_EQ(std::string(buf.begin(), buf.end()), "3456");
-  EXPECT_THAT(PreadFull(fd->get(), buf, 8, dir.File("f")),
+  EXPECT_THAT(PreadFull(file->fd.get(), buf, 8, dir.File("f")),
               StatusIs(StatusCode::kIoError, HasSubstr("unexpected end of file at offset 10")));
 }
 
@@ -100,14 +82,14 @@ TEST(FileTest, SyncParentDirectory) {
 TEST(MappedFileTest, MapsWholeFile) {
   ScratchDir dir;
   WriteBytes(dir.File("f"), "mapped bytes");
-  auto fd = OpenForRead(dir.File("f"));
-  ASSERT_THAT(fd, IsOk());
-  auto map = MappedFile::Map(fd->get(), 12, dir.File("f"));
+  auto file = OpenRegularFile(dir.File("f"));
+  ASSERT_THAT(file, IsOk());
+  auto map = MappedFile::Map(file->fd.get(), 12, dir.File("f"));
   ASSERT_THAT(map, IsOk());
   MappedFile moved = std::move(*map);
   EXPECT_EQ(std::string(reinterpret_cast<const char*>(moved.bytes().data()), moved.bytes().size()), "mapped bytes");
   EXPECT_TRUE(map->bytes().empty());
-  auto empty = MappedFile::Map(fd->get(), 0, dir.File("f"));
+  auto empty = MappedFile::Map(file->fd.get(), 0, dir.File("f"));
   ASSERT_THAT(empty, IsOk());
   EXPECT_TRUE(empty->bytes().empty());
 }

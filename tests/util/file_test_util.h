@@ -10,12 +10,16 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <fstream>
+#include <functional>
+#include <future>
 #include <iterator>
 #include <span>
 #include <ostream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "stquant/status.h"
@@ -87,6 +91,21 @@ inline std::string ReadBytes(const std::string& path) {
 inline bool Exists(const std::string& path) {
   struct stat st;
   return ::stat(path.c_str(), &st) == 0;
+}
+
+// Runs `call` on a thread of its own and returns its status, or fails the test when it has not
+// returned after `limit` (the thread, blocked in open() on a FIFO say, is then left behind: it
+// does not keep the test binary from exiting).
+inline Status WithinLimit(const std::function<Status()>& call,
+                          std::chrono::milliseconds limit = std::chrono::seconds(2)) {
+  auto done = std::make_shared<std::promise<Status>>();
+  std::future<Status> result = done->get_future();
+  std::thread([done, call] { done->set_value(call()); }).detach();
+  if (result.wait_for(limit) != std::future_status::ready) {
+    ADD_FAILURE() << "still blocked after " << limit.count() << " ms";
+    return Status::Internal("blocked");
+  }
+  return result.get();
 }
 
 inline Status GetStatus(const Status& status) { return status; }
