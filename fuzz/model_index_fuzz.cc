@@ -1,6 +1,7 @@
 // libFuzzer target: the model directory's JSON parsers (model/inventory.h ParseIndexText and
 // ParseJsonObjectText) and what the planner reads from a config (arch.h RulesFor,
-// NormalizeConfigForMlxLm), on arbitrary bytes. No I/O.
+// NormalizeConfigForMlxLm, and every architecture entry's sanitize rules, whose expressions read
+// the config's values, run on a fixed set of tensors), on arbitrary bytes. No I/O.
 //
 // Checks, besides "no crash, no exception, no sanitizer report": errors are InvalidInput and one
 // line; an accepted index names only bare ".safetensors" file names (no '/', no "..", not
@@ -12,6 +13,7 @@
 
 #include "model/arch.h"
 #include "model/inventory.h"
+#include "model/sanitize.h"
 
 namespace {
 
@@ -55,5 +57,24 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   Require(normalized.is_object());
   // What convert writes: dumping must not throw (strings were validated as UTF-8 by the parser).
   (void)normalized.dump(4);
+  using stquant::DType;
+  static const std::vector<stquant::model::SourceHeader> kTensors = {
+      {"lm_head.weight", DType::kBF16, {8, 4}},
+      {"model.norm.weight", DType::kBF16, {4}},
+      {"model.layers.0.self_attn.kv_b_proj.weight", DType::kBF16, {96, 32}},
+      {"model.layers.0.mlp.experts.0.gate_proj.weight", DType::kBF16, {4, 4}},
+      {"model.layers.0.mlp.experts.1.gate_proj.weight", DType::kBF16, {4, 4}},
+      {"model.layers.0.block_sparse_moe.experts.0.w1.weight", DType::kBF16, {4, 4}},
+      {"model.layers.0.block_sparse_moe.input_linear.weight", DType::kBF16, {4, 8, 4}},
+      {"model.layers.0.linear_attn.conv1d.weight", DType::kBF16, {8, 1, 4}},
+      {"model.layers.7.input_layernorm.weight", DType::kF32, {4}},
+      {"transformer.h.0.attn.c_attn.weight", DType::kBF16, {4, 12}},
+  };
+  auto table = stquant::model::ArchTable::Builtin();
+  Require(table.ok());
+  for (const stquant::model::ArchEntry& entry : (*table)->entries()) {
+    auto sanitized = stquant::model::ApplySanitize(entry, normalized, kTensors);
+    if (!sanitized.ok()) RequireCleanError(sanitized.status());
+  }
   return 0;
 }

@@ -67,6 +67,10 @@ struct ConvertOptions {
   // mlx_lm.convert --dequantize: an already-quantized source is written as floats (its layers
   // dequantized with the source's arithmetic); a float source is converted without quantization.
   bool dequantize = false;
+  // The mlx layout refuses a config model_type that the architecture table lacks (or refuses);
+  // with this set, a model_type the table lacks gets the generic rules (every rank >= 2 .weight
+  // treated as a Linear/Embedding weight, experts stacked into switch_mlp) and a warning.
+  bool allow_unknown_architecture = false;
 
   // Layout kOllama.
   std::string model_name;  // "foo", "me/foo:v1", "host/ns/foo:tag" (ollama-create-spec §9.3)
@@ -80,12 +84,39 @@ struct ConvertOptions {
   std::optional<QuantSpec> draft_quant;
 };
 
-// Where one output tensor's values come from.
+// Where one output tensor's values come from: kDecodeFp8 when its source is block-FP8 (decoded
+// to bfloat16), else kCast when its dtype differs from the source's, else kCopy. Views and value
+// ops (below) come on top of any of them.
 enum class TensorTransform { kCopy, kCast, kDecodeFp8 };
+
+// A strided view of a source tensor, in the source's row-major element order: element
+// [i0, ..., ik] of the view is source element offset + i0 * strides[0] + ... + ik * strides[k]
+// (after an FP8 decode, element for element). The architecture rules (reshape, split, transpose,
+// stack) compose into one view per source.
+struct TensorView {
+  int64_t offset = 0;
+  std::vector<int64_t> shape;
+  std::vector<int64_t> strides;
+};
+
+// The row-major view of a whole tensor of `shape`.
+TensorView ContiguousView(const std::vector<int64_t>& shape);
+
+// An elementwise operation of the architecture rules, with MLX's semantics for an array of dtype
+// D and a Python float c: c is rounded to D first (a weakly typed scalar), the operation is done in
+// float32 and rounded to D (round to nearest even).
+struct ValueOp {
+  enum class Kind { kAdd, kMultiply };
+  Kind kind = Kind::kAdd;
+  double value = 0.0;
+};
 
 struct PlannedSource {
   std::string tensor;     // source tensor name
   std::string fp8_scale;  // block-FP8 companion ("<tensor>_scale_inv" or "_scale"), else empty
+  // The part of the output this source gives (the pieces are concatenated along the first axis;
+  // a stacked expert is one [1, ...] piece). Empty shape and strides with offset 0 for a scalar.
+  TensorView view;
 };
 
 // One tensor of the output model before quantization (a quantized one becomes "<name>" U32,
@@ -97,6 +128,12 @@ struct PlannedTensor {
   DType source_dtype = DType::kBF16;
   DType dtype = DType::kBF16;  // dtype of the values after the transform
   std::vector<int64_t> shape;  // after stacking
+  // Applied in order to the source values (after the FP8 decode, in the source or decoded dtype),
+  // before the cast to `dtype`.
+  std::vector<ValueOp> value_ops;
+  // The architecture rules that made this tensor, one line each ("stack 4", "transpose (1, 0)"),
+  // for --dry-run.
+  std::vector<std::string> steps;
   std::optional<QuantSpec> quant;
   // mlx-lm config entry "quantization"[<module path>] for layers quantized differently from the
   // model's default; "mode" is omitted when `entry_mode` is empty (as mlx-lm's qwen3_moe router).

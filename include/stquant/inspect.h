@@ -43,6 +43,14 @@ struct InspectReport {
   std::string path;
   bool is_directory = false;
   std::string architecture;  // config.json architectures[0], else model_type; "" without config
+  std::string model_type;    // config.json model_type (else text_config's); "" without one
+  // What stquant's architecture table says of model_type (convert's mlx layout):
+  //   "verified": converted with the table's rules, checked against mlx_lm.convert;
+  //   "refused":  refused, for `architecture_note`;
+  //   "unknown":  not in the table: refused unless --allow-unknown-architecture.
+  // "" without a config.json.
+  std::string architecture_status;
+  std::string architecture_note;
   std::string source_kind;   // "float", "block-fp8", "mlx", "modelopt-nvfp4", "compressed-tensors",
                              // "gpt-oss-mxfp4"
   std::string source_detail;

@@ -30,6 +30,7 @@ struct ConvertCommandOptions {
   int threads = 0;
   bool force = false, dry_run = false, json = false, quiet = false;
   bool requantize = false;  // an already-quantized source: dequantize and quantize to -q
+  bool allow_unknown_architecture = false;
 };
 
 // "5GiB", "500MiB", "2G", "123": binary units, as mlx-lm's 5 << 30.
@@ -115,6 +116,7 @@ Result<ConvertOptions> BuildOptions(const ConvertCommandOptions& o) {
   options.threads = o.threads;
   options.force = o.force;
   options.requantize = o.requantize;
+  options.allow_unknown_architecture = o.allow_unknown_architecture;
   return options;
 }
 
@@ -248,6 +250,9 @@ void RegisterConvertCommand(CLI::App& app, Status* status) {
                 "an already-quantized source (MLX, ModelOpt NVFP4, compressed-tensors, gpt-oss MXFP4) is imported "
                 "losslessly without -q; with -q TYPE --requantize it is dequantized and quantized again (loses "
                 "accuracy)");
+  cmd->add_flag("--allow-unknown-architecture", o->allow_unknown_architecture,
+                "mlx layout: convert a model_type the architecture table lacks with generic rules (the output may "
+                "not load in mlx-lm)");
   cmd->add_flag("--dry-run", o->dry_run, "print the plan (every output tensor, its source and type) and sizes; write nothing");
   cmd->add_flag("--json", o->json, "with --dry-run: print the plan as JSON");
   cmd->add_flag("--quiet", o->quiet, "no progress bar and no summary");

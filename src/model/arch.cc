@@ -1,7 +1,8 @@
 #include "model/arch.h"
 
-#include <array>
 #include <charconv>
+
+#include "model/sanitize.h"
 
 namespace stquant::model {
 
@@ -15,19 +16,60 @@ std::string ModelType(const nlohmann::json& config) {
   return "";
 }
 
+bool PositiveInt(const nlohmann::json& object, const char* key) {
+  auto it = object.find(key);
+  return it != object.end() && it->is_number_integer() && it->get<int64_t>() > 0;
+}
+
+// The generic part of NormalizeConfigForMlxLm, for one config object.
+void AddGenericArgs(nlohmann::json& config) {
+  if (!config.contains("num_experts") && config.contains("num_local_experts")) {
+    config["num_experts"] = config["num_local_experts"];
+  }
+  const nlohmann::json* rope = nullptr;
+  if (auto it = config.find("rope_parameters"); it != config.end() && it->is_object()) {
+    if (it->contains("rope_theta")) {
+      rope = &*it;
+    } else if (auto full = it->find("full_attention"); full != it->end() && full->is_object()) {
+      rope = &*full;
+    }
+  }
+  if (rope) {
+    for (const char* key : {"rope_theta", "partial_rotary_factor"}) {
+      if (!config.contains(key) && rope->contains(key)) config[key] = (*rope)[key];
+    }
+    auto type = rope->find("rope_type");
+    const bool scaled = type != rope->end() && type->is_string() && *type != "default";
+    auto scaling = config.find("rope_scaling");
+    if (scaled && (scaling == config.end() || scaling->is_null())) {
+      nlohmann::json s = *rope;
+      s.erase("rope_theta");
+      s.erase("partial_rotary_factor");
+      config["rope_scaling"] = s;
+    }
+  }
+  if (!config.contains("head_dim") && PositiveInt(config, "hidden_size") && PositiveInt(config, "num_attention_heads")) {
+    const int64_t hidden = config["hidden_size"].get<int64_t>(), heads = config["num_attention_heads"].get<int64_t>();
+    if (hidden % heads == 0) config["head_dim"] = hidden / heads;
+  }
+}
+
 }  // namespace
 
 ArchRules RulesFor(const nlohmann::json& config) {
   ArchRules rules;
   rules.model_type = ModelType(config);
-  // Architectures whose mlx-lm sanitize is exactly "drop rotary buffers and a tied lm_head, stack
-  // experts into switch_mlp" and whose modules are all Linear / Embedding / norms.
-  static constexpr std::array<std::string_view, 5> kKnown = {"llama", "mistral", "qwen2", "qwen3", "qwen3_moe"};
-  for (std::string_view known : kKnown) rules.known |= rules.model_type == known;
   if (auto it = config.find("tie_word_embeddings"); it != config.end() && it->is_boolean()) {
     rules.tie_word_embeddings = it->get<bool>();
   }
-  if (rules.model_type == "qwen3_moe") rules.exceptions.push_back({"mlp.gate", 64, 8});
+  Result<const ArchTable*> table = ArchTable::Builtin();
+  if (!table.ok()) return rules;
+  rules.entry = (*table)->Find(rules.model_type);
+  if (rules.entry) {
+    rules.known = rules.entry->verified;
+    rules.refused = !rules.entry->verified;
+    rules.reason = rules.entry->reason;
+  }
   return rules;
 }
 
@@ -50,6 +92,7 @@ std::optional<ExpertName> ParseExpertName(std::string_view name) {
 }
 
 nlohmann::json NormalizeConfigForMlxLm(nlohmann::json config, const nlohmann::json* generation_config) {
+  if (!config.is_object()) return config;
   if (generation_config && generation_config->is_object()) {
     // mlx-lm's load_config: a truthy eos_token_id of generation_config.json wins.
     if (auto it = generation_config->find("eos_token_id"); it != generation_config->end()) {
@@ -58,14 +101,10 @@ nlohmann::json NormalizeConfigForMlxLm(nlohmann::json config, const nlohmann::js
       if (truthy) config["eos_token_id"] = *it;
     }
   }
-  if (!config.contains("num_experts") && config.contains("num_local_experts")) {
-    config["num_experts"] = config["num_local_experts"];
-  }
-  if (!config.contains("rope_theta")) {
-    if (auto rope = config.find("rope_parameters"); rope != config.end() && rope->is_object()) {
-      if (auto theta = rope->find("rope_theta"); theta != rope->end()) config["rope_theta"] = *theta;
-    }
-  }
+  AddGenericArgs(config);
+  if (auto text = config.find("text_config"); text != config.end() && text->is_object()) AddGenericArgs(*text);
+  const ArchRules rules = RulesFor(config);
+  if (rules.entry) AddConfigFields(*rules.entry, config);
   config.erase("_name_or_path");
   config.erase("vision_config");
   return config;

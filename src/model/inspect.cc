@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "model/arch.h"
 #include "model/inventory.h"
 
 namespace stquant {
@@ -54,6 +55,20 @@ Result<InspectReport> Inspect(const std::string& path) {
   } else if (auto mt = config.find("model_type"); mt != config.end() && mt->is_string()) {
     report.architecture = mt->get<std::string>();
   }
+  if (inv.is_directory()) {
+    const model::ArchRules verdict = model::RulesFor(config);
+    report.model_type = verdict.model_type;
+    report.architecture_status = verdict.known ? "verified" : verdict.refused ? "refused" : "unknown";
+    if (verdict.refused) {
+      report.architecture_note = verdict.reason;
+    } else if (!verdict.known) {
+      report.architecture_note =
+          "not in stquant's architecture table: convert refuses it for the mlx layout unless "
+          "--allow-unknown-architecture (generic rules)";
+    } else if (verdict.entry->model_type != verdict.model_type) {
+      report.architecture_note = fmt::format("converted with the rules of '{}'", verdict.entry->model_type);
+    }
+  }
   const model::Classification kind = model::Classify(inv);
   report.source_kind = std::string(model::SourceKindName(kind.kind));
   report.source_detail = kind.detail;
@@ -95,6 +110,11 @@ std::string FormatInspectText(const InspectReport& report) {
   };
   line(fmt::format("path:   {} ({})", report.path, report.is_directory ? "model directory" : "safetensors file"));
   if (!report.architecture.empty()) line(fmt::format("arch:   {}", report.architecture));
+  if (!report.architecture_status.empty()) {
+    line(fmt::format("model_type: {} ({}{})", report.model_type.empty() ? "(none)" : report.model_type,
+                     report.architecture_status == "verified" ? "known to stquant's architecture table" : report.architecture_status,
+                     report.architecture_note.empty() ? "" : ": " + report.architecture_note));
+  }
   line(fmt::format("source: {} ({})", report.source_kind, report.source_detail));
 
   std::unordered_map<std::string, const InspectQuantized*> quant_by_weight;
@@ -151,6 +171,9 @@ std::string FormatInspectJson(const InspectReport& report) {
   j["path"] = report.path;
   j["is_directory"] = report.is_directory;
   j["architecture"] = report.architecture;
+  j["model_type"] = report.model_type;
+  j["architecture_status"] = report.architecture_status;
+  j["architecture_note"] = report.architecture_note;
   j["source_kind"] = report.source_kind;
   j["source_detail"] = report.source_detail;
   json shards = json::array();

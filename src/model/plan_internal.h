@@ -17,6 +17,10 @@ struct PlanContext {
   std::shared_ptr<const PrequantPlan> prequant;
 };
 
+// The source bytes a planned tensor reads: its pieces' view elements, and their share of block-FP8
+// scales (a source split into several outputs counts once over them).
+uint64_t PlannedInputBytes(const Inventory& inventory, const PlannedTensor& t);
+
 // The bytes a planned tensor's outputs take: its values in t.dtype, or, quantized, the packed
 // words, scales (the dtype for affine, one byte otherwise) and affine biases.
 uint64_t PlannedOutputBytes(const PlannedTensor& t);

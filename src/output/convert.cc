@@ -239,6 +239,10 @@ std::string FormatPlanText(const ConversionPlan& plan) {
     out += fmt::format("{:<60} {:<9} {:<18} {:<16} {}", t.name, from, fmt::format("[{}]", fmt::join(t.shape, ",")), quant,
                        t.output_bytes);
     out += t.blob.empty() ? "\n" : fmt::format("  -> blob {}\n", t.blob);
+    // The architecture rules beyond stacking (which FROM shows).
+    for (const std::string& step : t.steps) {
+      if (!step.starts_with("stack ")) out += fmt::format("    {}\n", step);
+    }
   }
   const double bpw = plan.parameters ? 8.0 * plan.output_bytes / plan.parameters : 0.0;
   out += fmt::format("{} tensors; input {} bytes -> output {} bytes ({:.3f} bits per weight, {} parameters)\n",
@@ -275,8 +279,12 @@ std::string FormatPlanJson(const ConversionPlan& plan) {
     for (const PlannedSource& s : t.sources) {
       nlohmann::json src = {{"tensor", s.tensor}};
       if (!s.fp8_scale.empty()) src["fp8_scale"] = s.fp8_scale;
+      if (!s.view.strides.empty() || s.view.offset != 0) {
+        src["view"] = {{"offset", s.view.offset}, {"shape", s.view.shape}, {"strides", s.view.strides}};
+      }
       row["sources"].push_back(src);
     }
+    if (!t.steps.empty()) row["steps"] = t.steps;
     if (t.quant) {
       row["quant"] = {{"mode", ModeInfo(t.quant->mode).name}, {"bits", t.quant->bits}, {"group_size", t.quant->group_size}};
     } else {

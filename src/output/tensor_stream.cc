@@ -52,12 +52,30 @@ namespace {
 RowBlock MaxBlock(const RowSource& source, int64_t max_bytes, int64_t col_align) {
   const int64_t bits = DTypeBits(source.dtype);
   const int64_t block_elements = max_bytes * 8 / bits;
+  const int64_t align =
+      std::max<int64_t>(1, std::lcm(std::lcm(col_align, source.col_align), 8 / std::gcd<int64_t>(bits, 8)));
+  if (source.tile_cols > 0 && source.cols > source.tile_cols) {
+    const int64_t cols = std::max(align, source.tile_cols / align * align);
+    if (cols < source.cols) return {0, std::clamp<int64_t>(block_elements / cols, 1, source.rows), 0, cols};
+  }
   if (source.cols <= block_elements) {
     return {0, std::clamp<int64_t>(block_elements / std::max<int64_t>(source.cols, 1), 1, source.rows), 0, source.cols};
   }
-  const int64_t align =
-      std::max<int64_t>(1, std::lcm(std::lcm(col_align, source.col_align), 8 / std::gcd<int64_t>(bits, 8)));
   return {0, 1, 0, std::max(align, block_elements / align * align)};
+}
+
+// Writes the rows of a block that `rows_of` laid out row after row (each `row_bytes` long) at
+// `offset_of(row)`: one write when the block's rows are adjacent in the target (whole rows, or a
+// part of one row), else one per row (a tile).
+Status WriteBlockRows(const WriteTarget& target, const RowSource& source, const RowBlock& block, const uint8_t* data,
+                      uint64_t row_bytes, const std::function<uint64_t(int64_t row)>& offset_of) {
+  if (block.count == 1 || block.cols == source.cols) {
+    return target.Write(offset_of(block.first), {data, row_bytes * block.count});
+  }
+  for (int64_t r = 0; r < block.count; ++r) {
+    STQ_RETURN_IF_ERROR(target.Write(offset_of(block.first + r), {data + r * row_bytes, row_bytes}));
+  }
+  return Status::Ok();
 }
 
 // Calls fn for consecutive blocks no larger than `max` (from MaxBlock) that never cross a piece
@@ -79,10 +97,14 @@ Status ForEachBlock(const RowSource& source, const RowBlock& max,
 // its input and output stay in that core's L2 cache from the read to the write, and reading,
 // computing and writing run on every core at once instead of one stage after the other.
 constexpr int64_t kTaskBytes = 256 << 10;
+// Tiles of a transposed source are larger: each of their rows is a write and each of their
+// columns a read of its own, whose counts fall with the tile's side.
+constexpr int64_t kTileTaskBytes = 1 << 20;
 
 std::vector<RowBlock> TaskBlocks(const RowSource& source, int64_t col_align) {
   std::vector<RowBlock> blocks;
-  (void)ForEachBlock(source, MaxBlock(source, kTaskBytes, col_align), [&](const RowBlock& block) {
+  const int64_t task_bytes = source.tile_cols > 0 ? kTileTaskBytes : kTaskBytes;
+  (void)ForEachBlock(source, MaxBlock(source, task_bytes, col_align), [&](const RowBlock& block) {
     blocks.push_back(block);
     return Status::Ok();
   });
@@ -129,7 +151,8 @@ Status CopyRows(const RowSource& source, const WriteTarget& target, int threads,
     const uint64_t bytes = BytesOf(block.elements(), source.dtype);
     std::span<uint8_t> piece(ScratchBuffer(0, bytes), bytes);
     STQ_RETURN_IF_ERROR(source.read(block, piece.data()));
-    return target.Write(BytesOf(block.first * source.cols + block.col, source.dtype), piece);
+    return WriteBlockRows(target, source, block, piece.data(), BytesOf(block.cols, source.dtype),
+                          [&](int64_t row) { return BytesOf(row * source.cols + block.col, source.dtype); });
   });
 }
 
@@ -176,11 +199,14 @@ Status QuantizeRowSource(const RowSource& source, const QuantSpec& spec, float g
       }
       return status.Annotate(source.name);
     }
-    const uint64_t packed_offset = block.first * packed_row_bytes + PackedWordsPerRow(spec, block.col) * 4;
-    const uint64_t scale_offset = block.first * scale_row_bytes + GroupsPerRow(spec, block.col) * scale_bytes;
-    STQ_RETURN_IF_ERROR(targets.packed.Write(packed_offset, {reinterpret_cast<uint8_t*>(packed), packed_bytes}));
-    STQ_RETURN_IF_ERROR(targets.scales.Write(scale_offset, {scales, block_scale_bytes}));
-    if (targets.biases) STQ_RETURN_IF_ERROR(targets.biases->Write(scale_offset, {biases, block_scale_bytes}));
+    auto packed_at = [&](int64_t row) { return row * packed_row_bytes + PackedWordsPerRow(spec, block.col) * 4; };
+    auto scale_at = [&](int64_t row) { return row * scale_row_bytes + GroupsPerRow(spec, block.col) * scale_bytes; };
+    STQ_RETURN_IF_ERROR(WriteBlockRows(targets.packed, source, block, reinterpret_cast<uint8_t*>(packed),
+                                       packed_bytes / block.count, packed_at));
+    STQ_RETURN_IF_ERROR(WriteBlockRows(targets.scales, source, block, scales, block_scale_bytes / block.count, scale_at));
+    if (targets.biases) {
+      STQ_RETURN_IF_ERROR(WriteBlockRows(*targets.biases, source, block, biases, block_scale_bytes / block.count, scale_at));
+    }
     return Status::Ok();
   });
 }

@@ -26,9 +26,9 @@ inline uint64_t BytesOf(int64_t elements, DType dtype) {
 }
 
 // A block of a tensor seen as rows x cols: rows [first, first + count), columns [col, col + cols)
-// of them. It holds whole rows (col 0, cols all of them) or, when one row is larger than a block,
-// a part of one row (count 1): its elements are consecutive in the tensor either way, and memory
-// is bounded by the block size, never by the size of a row.
+// of them. It holds whole rows (col 0, cols all of them), or, when one row is larger than a block,
+// a part of one row (count 1), or, for a source with tile_cols (below), a tile. Memory is bounded
+// by the block size, never by the size of a row.
 struct RowBlock {
   int64_t first = 0;
   int64_t count = 0;
@@ -39,9 +39,12 @@ struct RowBlock {
 
 // A tensor seen as rows x cols elements of `dtype` (rows = product of the leading dims; a 0-d or
 // 1-d tensor is one row), produced block by block: `read(block, out)` fills `out` with the
-// block's elements. Blocks never cross a multiple of `rows_per_piece` (one expert of a stacked
-// tensor comes from one source tensor), and a part of a row starts at a multiple of `col_align`
-// columns (a source that dequantizes needs whole groups).
+// block's elements, row-major. Blocks never cross a multiple of `rows_per_piece` (one expert of a
+// stacked tensor comes from one source tensor), and a part of a row starts at a multiple of
+// `col_align` columns (a source that dequantizes needs whole groups). With `tile_cols` > 0 (a
+// transposed source, whose columns are runs of the file), blocks are tiles of several rows and at
+// most about `tile_cols` columns (a multiple of the alignment), so that each column of a tile is
+// one long run; the consumers below write a tile row by row.
 struct RowSource {
   std::string name;  // for messages: "<file>: tensor '<name>'"
   DType dtype = DType::kBF16;
@@ -49,6 +52,7 @@ struct RowSource {
   int64_t cols = 0;
   int64_t rows_per_piece = 0;
   int64_t col_align = 1;
+  int64_t tile_cols = 0;
   std::function<Status(const RowBlock& block, uint8_t* out)> read;
 };
 

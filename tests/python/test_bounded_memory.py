@@ -123,3 +123,12 @@ def test_prequant_import_folds_a_huge_nvfp4_scale_tensor_in_parts(stquant, work)
                                       f"{name}.weight_scale_2": ("F32", [])}, {"model_type": "qwen3"})
     write_tensor_bytes(model / "model.safetensors", f"{name}.weight_scale_2", struct.pack("<f", 1.0))
     check_bounded([stquant, "convert", model, "-o", work / "out", "--quiet"], max_rss=200 << 20)
+
+
+@pytest.mark.parametrize("quant", [[], ["-q", "int4"]])
+def test_convert_transposes_a_large_tensor_in_tiles(stquant, work, quant):
+    # GPT-2's Conv1D weights are transposed (src/model/arch/gpt2.json): a 512 MiB [16384, 16384]
+    # one is read in tiles of column runs, never whole.
+    model = sparse_model(work / "m", {"h.0.attn.c_attn.weight": ("BF16", [1 << 14, 1 << 14])}, {"model_type": "gpt2"})
+    check_bounded([stquant, "convert", model, "-o", work / "out", *quant, "--quiet"])
+    assert (work / "out" / "model.safetensors").stat().st_size > (1 << 26)
