@@ -1,17 +1,23 @@
 #!/usr/bin/env python3
-"""End-to-end conversion benchmark (issue 7): stquant convert vs the machine's read and copy
-limits and vs pip mlx_lm.convert, on synthetic Qwen3-MoE-shaped checkpoints.
+"""End-to-end conversion benchmark (issues 7, 15): stquant convert in both output layouts vs the
+machine's read and copy limits and vs pip mlx_lm.convert, on synthetic Qwen3-MoE-shaped checkpoints.
 
-    bench/convert [--sizes 2,8] [--work DIR] [--cache warm|cold] [--mlx-lm-max-gb 2] [--markdown FILE]
+    bench/convert [--sizes 2,8] [--work DIR] [--cache warm,cold] [--repeat 3] [--modes int4,nvfp4]
+                  [--layouts mlx,ollama] [--baseline OTHER_STQUANT] [--mlx-lm-max-gb 2] [--markdown FILE]
 
-For each size: generates the model once (build/tools/make_synthetic_model, ~2 GB shards), then
+For each size: generates the model once (build/tools/make_synthetic_model, ~2 GB shards), then for
+each page-cache state
   1. `cat` of the input to /dev/null (read limit) and `cp` of it + sync (read+write limit);
-  2. `stquant convert` for int4, mxfp4, nvfp4, mxfp8 (mlx layout) [and int4 ollama layout when
-     the build has it];
+  2. per mode: `stquant convert` into the mlx layout (mlx-lm's choice of tensors, and
+     `--policy ollama`: the tensors and types of the ollama layout), and into the ollama layout
+     (a fresh model store: every blob is written and hashed);
   3. `mlx_lm.convert` (pip, CPU) with the same settings, for sizes <= --mlx-lm-max-gb.
-Every run is timed with /usr/bin/time -v (wall time, peak RSS). `--cache cold` drops the page
-cache (root) before each run; `warm` reads the input once first. The table gives GB/s of input and
-the ratios stquant/mlx_lm and stquant/read-limit and stquant/copy-limit.
+Every run is timed with /usr/bin/time -v (wall time, CPU time, peak RSS). With --repeat N the runs of one
+size and cache state are interleaved (A, B, C, A, B, C, ...) so that load from elsewhere hits them
+alike; the table gives the best of N and the spread (slowest - best) as the noise. `cold` drops
+the page cache (root) before each run; `warm` reads the input once first. Ratios: mlx_lm.convert /
+stquant (`vs mlx_lm`, a speed-up), ollama layout / mlx layout with the same tensors (`vs mlx
+layout`, a time ratio), and run / `cat` of the input (`vs cat`, a time ratio).
 """
 import argparse
 import os
@@ -24,23 +30,24 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-MODES = [("int4", ["-q", "int4"], ["-q"]), ("mxfp4", ["-q", "mxfp4"], ["-q", "--q-mode", "mxfp4"]),
-         ("nvfp4", ["-q", "nvfp4"], ["-q", "--q-mode", "nvfp4"]), ("mxfp8", ["-q", "mxfp8"], ["-q", "--q-mode", "mxfp8"])]
+MODES = {"int4": (["-q", "int4"], ["-q"]), "mxfp4": (["-q", "mxfp4"], ["-q", "--q-mode", "mxfp4"]),
+         "nvfp4": (["-q", "nvfp4"], ["-q", "--q-mode", "nvfp4"]), "mxfp8": (["-q", "mxfp8"], ["-q", "--q-mode", "mxfp8"])}
 
 
-def run_timed(cmd, env=None):
-    """Runs cmd under /usr/bin/time -v; returns (wall seconds or None when it failed, peak RSS
-    bytes). A failure (e.g. mlx_lm.convert killed for memory) is reported, not fatal."""
+def run_timed(cmd):
+    """Runs cmd under /usr/bin/time -v; returns (wall seconds or None when it failed, CPU seconds
+    (user + system), peak RSS bytes). A failure (e.g. mlx_lm.convert killed for memory) is
+    reported, not fatal."""
     start = time.monotonic()
-    proc = subprocess.run(["/usr/bin/time", "-v", *map(str, cmd)], capture_output=True, text=True, env=env)
+    proc = subprocess.run(["/usr/bin/time", "-v", *map(str, cmd)], capture_output=True, text=True)
     wall = time.monotonic() - start
     rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1)) * 1024
-    failed = proc.returncode != 0 or "terminated by signal" in proc.stderr
-    if failed:
+    cpu = sum(float(re.search(rf"{kind} time \(seconds\): ([0-9.]+)", proc.stderr).group(1)) for kind in ("User", "System"))
+    if proc.returncode != 0 or "terminated by signal" in proc.stderr:
         print(f"  FAILED after {wall:.1f} s (peak RSS {rss / 2**30:.1f} GiB): {' '.join(map(str, cmd))}: "
               f"{proc.stderr.strip().splitlines()[0]}", flush=True)
-        return None, rss
-    return wall, rss
+        return None, cpu, rss
+    return wall, cpu, rss
 
 
 def drop_caches():
@@ -62,14 +69,48 @@ def prepare(model: Path, cache: str):
         subprocess.run(["sh", "-c", f"cat {model}/*.safetensors > /dev/null"], check=True)
 
 
+class Run:
+    """One command of the table, timed --repeat times."""
+
+    def __init__(self, label, cmd, output=None, mode=None, layout=None):
+        self.label, self.cmd, self.output, self.mode, self.layout = label, cmd, output, mode, layout
+        self.walls, self.cpus, self.rss = [], [], 0
+
+    def once(self, model, cache):
+        if self.output:
+            shutil.rmtree(self.output, ignore_errors=True)
+        prepare(model, cache)
+        wall, cpu, rss = run_timed(self.cmd)
+        if self.output:
+            shutil.rmtree(self.output, ignore_errors=True)
+        if wall is not None:
+            self.walls.append(wall)
+            self.cpus.append(cpu)
+        self.rss = max(self.rss, rss)
+
+    @property
+    def best(self):
+        return min(self.walls) if self.walls else None
+
+    @property
+    def cpu(self):
+        """CPU seconds of the run with the best wall time."""
+        return self.cpus[self.walls.index(self.best)]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="2,8", help="model sizes in GB (1e9 bytes), comma-separated")
     ap.add_argument("--work", default="/tmp/stquant-bench", type=Path)
-    ap.add_argument("--cache", choices=["warm", "cold"], default="warm")
-    ap.add_argument("--mlx-lm-max-gb", type=float, default=2.0, help="run mlx_lm.convert only up to this size")
+    ap.add_argument("--cache", default="warm", help="page cache states, comma-separated: warm, cold")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each command (interleaved); the best is reported")
     ap.add_argument("--modes", default="int4,mxfp4,nvfp4,mxfp8")
+    ap.add_argument("--layouts", default="mlx,ollama", help="stquant output layouts, comma-separated")
+    ap.add_argument("--mlx-lm-max-gb", type=float, default=2.0, help="run mlx_lm.convert only up to this size")
     ap.add_argument("--mlx-lm-modes", default="int4,mxfp4,nvfp4,mxfp8", help="modes to run mlx_lm.convert for")
+    ap.add_argument("--no-copy", action="store_true", help="skip the cp + sync row (slow on some disks)")
+    ap.add_argument("--baseline", type=Path, help="another stquant binary (e.g. of the main branch): its ollama "
+                    "layout runs are added, interleaved with the others")
     ap.add_argument("--markdown", type=Path, help="also write the table as markdown to this file")
     args = ap.parse_args()
 
@@ -80,14 +121,15 @@ def main():
         if not tool.exists():
             sys.exit(f"{tool} missing: run scripts/setup first")
     args.work.mkdir(parents=True, exist_ok=True)
-    convert_help = subprocess.run([stquant, "convert", "--help"], capture_output=True, text=True).stdout
-    has_ollama = "--models-dir" in convert_help
-    wanted = set(args.modes.split(","))
+    layouts = args.layouts.split(",")
+    caches = args.cache.split(",")
+    if any(c not in ("warm", "cold") for c in caches):
+        sys.exit("--cache: warm and/or cold")
 
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     header = (f"machine: {os.cpu_count()} cores ({cpu}), {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.1f} GiB, "
-              f"{platform.platform()}; page cache: {args.cache}; date {time.strftime('%Y-%m-%d %H:%M')}; "
-              f"load average at start {os.getloadavg()[0]:.2f}")
+              f"{platform.platform()}; date {time.strftime('%Y-%m-%d %H:%M')}; load average at start "
+              f"{os.getloadavg()[0]:.2f}; best of {args.repeat}, interleaved")
     print(header)
     rows = []
     for size in [float(s) for s in args.sizes.split(",")]:
@@ -96,59 +138,61 @@ def main():
             print(f"generating {model} ...", flush=True)
             subprocess.run([maker, "--out", model, "--target-bytes", str(int(size * 1e9)), "--force",
                             "--tokenizer-from", REPO / "examples" / "tiny-model"], check=True, capture_output=True)
-        nbytes = input_bytes(model)
-        gb = nbytes / 1e9
-
-        prepare(model, args.cache)
-        t, rss = run_timed(["sh", "-c", f"cat {model}/*.safetensors > /dev/null"])
-        read_gbps = gb / t
-        rows.append((size, "cat > /dev/null (read limit)", t, gb / t, rss, None, None))
-        copy = args.work / "copy"
-        shutil.rmtree(copy, ignore_errors=True)
-        prepare(model, args.cache)
-        t, rss = run_timed(["sh", "-c", f"cp -r {model} {copy} && sync"])
-        copy_gbps = gb / t
-        shutil.rmtree(copy, ignore_errors=True)
-        rows.append((size, "cp + sync (read+write limit)", t, gb / t, rss, None, None))
-
-        for name, ours, theirs in MODES:
-            if name not in wanted:
-                continue
-            out = args.work / f"out-{name}"
-            mlx_t = None
-            if size <= args.mlx_lm_max_gb and mlx_lm.exists() and name in args.mlx_lm_modes.split(","):
-                shutil.rmtree(out, ignore_errors=True)
-                prepare(model, args.cache)
-                mlx_t, mlx_rss = run_timed([mlx_lm, "--hf-path", model, "--mlx-path", out, *theirs])
-                shutil.rmtree(out, ignore_errors=True)
-                if mlx_t is not None:
-                    rows.append((size, f"mlx_lm.convert {name}", mlx_t, gb / mlx_t, mlx_rss, None, None))
-            prepare(model, args.cache)
-            t, rss = run_timed([stquant, "convert", model, "-o", out, "--force", "--quiet", *ours])
-            shutil.rmtree(out, ignore_errors=True)
-            rows.append((size, f"stquant convert {name} (mlx)", t, gb / t, rss,
-                         (mlx_t / t) if mlx_t else None, (gb / t) / read_gbps))
-        if has_ollama and "int4" in wanted:
-            store = args.work / "ollama-store"
-            shutil.rmtree(store, ignore_errors=True)
-            prepare(model, args.cache)
-            t, rss = run_timed([stquant, "convert", model, "--layout", "ollama", "--name", "bench", "--models-dir", store,
-                                "-q", "int4", "--quiet"])
-            shutil.rmtree(store, ignore_errors=True)
-            rows.append((size, "stquant convert int4 (ollama)", t, gb / t, rss, None, (gb / t) / read_gbps))
-        print(f"size {size:g} GB: read limit {read_gbps:.2f} GB/s, copy limit {copy_gbps:.2f} GB/s", flush=True)
-        for r in [r for r in rows if r[0] == size]:
-            vs_copy = (r[3] / copy_gbps) if r[1].startswith("stquant") else None
-            print(f"  {r[1]:<34} {r[2]:8.2f} s {r[3]:7.3f} GB/s  RSS {r[4] / 2**20:8.1f} MiB" +
-                  (f"  x{r[5]:.1f} mlx_lm" if r[5] else "") + (f"  {r[6]:.2f} of read" if r[6] else "") +
-                  (f"  {vs_copy:.2f} of copy" if vs_copy else ""), flush=True)
+        gb = input_bytes(model) / 1e9
+        for cache in caches:
+            copy = args.work / "copy"
+            runs = [Run("cat > /dev/null (read limit)", ["sh", "-c", f"cat {model}/*.safetensors > /dev/null"])]
+            if not args.no_copy:
+                runs.append(Run("cp + sync (read+write limit)", ["sh", "-c", f"cp -r {model} {copy} && sync"], copy))
+            for name in args.modes.split(","):
+                ours, theirs = MODES[name]
+                out, store = args.work / f"out-{name}", args.work / f"store-{name}"
+                if size <= args.mlx_lm_max_gb and mlx_lm.exists() and name in args.mlx_lm_modes.split(","):
+                    runs.append(Run(f"mlx_lm.convert {name}", [mlx_lm, "--hf-path", model, "--mlx-path", out, *theirs], out,
+                                    name, "mlx_lm"))
+                if "mlx" in layouts:
+                    runs.append(Run(f"stquant {name}, mlx layout", [stquant, "convert", model, "-o", out, "--force",
+                                                                     "--quiet", *ours], out, name, "mlx"))
+                    runs.append(Run(f"stquant {name}, mlx layout --policy ollama",
+                                    [stquant, "convert", model, "-o", out, "--force", "--quiet", "--policy", "ollama", *ours],
+                                    out, name, "mlx-ollama-policy"))
+                if "ollama" in layouts:
+                    runs.append(Run(f"stquant {name}, ollama layout",
+                                    [stquant, "convert", model, "--layout", "ollama", "--name", "bench", "--models-dir",
+                                     store, "--quiet", *ours], store, name, "ollama"))
+                if args.baseline:
+                    runs.append(Run(f"baseline {name}, ollama layout",
+                                    [args.baseline, "convert", model, "--layout", "ollama", "--name", "bench",
+                                     "--models-dir", store, "--quiet", *ours], store, name, "ollama"))
+            for _ in range(args.repeat):
+                for run in runs:
+                    run.once(model, cache)
+            read_limit = runs[0].best
+            print(f"size {size:g} GB ({gb:.2f} GB of input), page cache {cache}:", flush=True)
+            for run in runs:
+                if run.best is None:
+                    continue
+                def best_of(layout):
+                    same = next((r for r in runs if r.mode == run.mode and r.layout == layout), None)
+                    return same.best if same else None
+                mlx_lm_best, mlx_best = best_of("mlx_lm"), best_of("mlx-ollama-policy")
+                speedup = mlx_lm_best / run.best if run.layout == "mlx" and mlx_lm_best else None
+                vs_mlx = run.best / mlx_best if run.layout == "ollama" and mlx_best else None
+                vs_cat = run.best / read_limit if read_limit and run is not runs[0] else None
+                row = (size, cache, run.label, run.best, max(run.walls) - run.best, gb / run.best, run.rss, speedup,
+                       vs_mlx, vs_cat, run.cpu)
+                rows.append(row)
+                print(f"  {run.label:<44} {run.best:7.2f} s (+{row[4]:.2f}, CPU {run.cpu:5.2f} s) {row[5]:6.2f} GB/s  "
+                      f"RSS {run.rss / 2**20:7.1f} MiB" +
+                      (f"  x{speedup:.1f} mlx_lm" if speedup else "") + (f"  {vs_mlx:.2f}x mlx layout" if vs_mlx else "") +
+                      (f"  {vs_cat:.2f}x cat" if vs_cat else ""), flush=True)
 
     if args.markdown:
-        lines = [header, "", "| size | run | wall s | GB/s of input | peak RSS MiB | vs mlx_lm | vs read limit |",
-                 "|---|---|---|---|---|---|---|"]
+        lines = [header, "", "| size | cache | run | best wall s | spread s | CPU s | GB/s of input | peak RSS MiB | "
+                 "vs mlx_lm | vs mlx layout | vs cat |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
-            lines.append(f"| {r[0]:g} GB | {r[1]} | {r[2]:.2f} | {r[3]:.3f} | {r[4] / 2**20:.1f} | "
-                         f"{'x%.1f' % r[5] if r[5] else ''} | {'%.2f' % r[6] if r[6] else ''} |")
+            lines.append(f"| {r[0]:g} GB | {r[1]} | {r[2]} | {r[3]:.2f} | {r[4]:.2f} | {r[10]:.2f} | {r[5]:.2f} | {r[6] / 2**20:.0f} | "
+                         f"{'%.1fx' % r[7] if r[7] else ''} | {'%.2fx' % r[8] if r[8] else ''} | {'%.2fx' % r[9] if r[9] else ''} |")
         args.markdown.write_text("\n".join(lines) + "\n")
 
 

@@ -15,6 +15,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -133,13 +134,17 @@ class Writer {
   // Data offsets follow the order of `tensors` (the caller chooses it; same input -> same bytes).
   // Tensor names must be unique and non-empty, and not "__metadata__".
   //
-  // With CacheUse::kBypass, a large file is written around the page cache (O_DIRECT, where the
-  // file system allows it): faster, and it leaves fsync nothing to wait for. kKeep is for a file
-  // read back right after Commit (hashed), which is then still in memory.
-  enum class CacheUse { kBypass, kKeep };
+  // A large file is written around the page cache (O_DIRECT, where the file system allows it):
+  // faster, and it leaves fsync nothing to wait for.
+  //
+  // `in_order`, when given, gets the bytes of the file in file order, header first, each byte once,
+  // one call at a time, whatever order and threads the data is written in (a content hash taken
+  // while writing, never by reading the file back; see util/direct_writer.h). Once every write
+  // call has returned, it has seen all bytes written so far.
+  using InOrderTap = std::function<void(std::span<const uint8_t>)>;
   static Result<std::unique_ptr<Writer>> Create(
       const std::string& path, std::vector<TensorDecl> tensors,
-      std::optional<std::map<std::string, std::string>> metadata = std::nullopt, CacheUse cache = CacheUse::kBypass);
+      std::optional<std::map<std::string, std::string>> metadata = std::nullopt, InOrderTap in_order = nullptr);
 
   ~Writer();  // removes the temp file unless Commit() succeeded
   Writer(const Writer&) = delete;
@@ -161,9 +166,6 @@ class Writer {
   // Appends to the tensor's data after what this call wrote before (sequential streaming); the
   // append cursor starts at 0 and is independent of WriteTensorData.
   Status AppendTensorData(size_t index, std::span<const uint8_t> bytes);
-  // Starts the write-back of the data written so far without waiting for it, so that Commit's
-  // fsync has less left to wait for. Thread-safe; advisory (I/O errors surface at Commit).
-  void StartWriteback();
 
   // Checks that every byte of every tensor was written (InvalidArgument naming the first
   // incomplete tensor otherwise; the temp file stays until destruction), then fsyncs, renames onto

@@ -179,8 +179,6 @@ Result<ConvertSummary> Convert(const ConvertOptions& options,
     }
   }
   output::ReadAhead read_ahead(std::move(source_ranges));
-  constexpr uint64_t kWritebackBytes = 64ull << 20;
-  uint64_t unsynced_bytes = 0;
   for (size_t i = 0; i < plan.tensors.size(); ++i) {
     const PlannedTensor& t = plan.tensors[i];
     state.current = t.name;
@@ -205,12 +203,6 @@ Result<ConvertSummary> Convert(const ConvertOptions& options,
     }
     ++state.tensors_done;
     if (progress) progress(state);
-    // Writing back while later tensors are quantized leaves Commit's fsyncs little to wait for.
-    unsynced_bytes += t.output_bytes;
-    if (unsynced_bytes >= kWritebackBytes) {
-      for (auto& writer : writers) writer->StartWriteback();
-      unsynced_bytes = 0;
-    }
   }
   for (auto& writer : writers) STQ_RETURN_IF_ERROR(writer->Commit());
 

@@ -6,8 +6,11 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <deque>
 #include <future>
 #include <map>
+#include <memory>
+#include <mutex>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -20,9 +23,11 @@
 #include "output/planned_rows.h"
 #include "output/preflight.h"
 #include "output/prequant_write.h"
+#include "output/read_ahead.h"
 #include "output/tensor_stream.h"
 #include "util/input_file.h"
 #include "util/json_input.h"
+#include "util/thread_pool.h"
 
 namespace stquant::output {
 
@@ -32,80 +37,149 @@ namespace fs = std::filesystem;
 using safetensors::TensorDecl;
 using safetensors::Writer;
 
-struct Progress {
-  ConvertProgress state;
-  const std::function<void(const ConvertProgress&)>* callback = nullptr;
-};
-
-// Moves committed tensor blobs into the store (SHA-256 of the file, rename to its digest name) on
-// a thread of its own while the next blob is being written: hashing is one sequential pass that
-// would otherwise leave the other cores idle. One blob is in flight at a time; its layer takes the
-// place in `layers` it was given when added, so the order of the layers is the order of Add.
-class BlobQueue {
+// What the blobs being written share (several at once for an import of an already-quantized
+// source): progress, the summary's counts and the read-ahead, under one lock.
+class Tally {
  public:
-  BlobQueue(OllamaStore& store, std::vector<OllamaLayer>& layers) : store_(store), layers_(layers) {}
-  ~BlobQueue() { (void)Drain(); }  // an error was returned already, or Drain was called
-  BlobQueue(const BlobQueue&) = delete;
-  BlobQueue& operator=(const BlobQueue&) = delete;
+  Tally(const std::function<void(const ConvertProgress&)>& callback, ConvertSummary& summary)
+      : callback_(callback), summary_(summary) {}
 
-  OllamaStore& store() { return store_; }
-
-  Status Add(std::string temp, std::string blob_name) {
-    STQ_RETURN_IF_ERROR(Drain());
-    slot_ = layers_.size();
-    layers_.emplace_back();
-    pending_ = std::async(std::launch::async, [this, temp = std::move(temp), name = std::move(blob_name)] {
-      return store_.AddBlobFile(temp, kOllamaMediaTensor, name);
-    });
+  void Start(uint64_t tensors, uint64_t bytes, ReadAhead* read_ahead) {
+    state_.tensors_total = tensors;
+    state_.bytes_total = bytes;
+    read_ahead_ = read_ahead;
+  }
+  uint64_t bytes_total() const { return state_.bytes_total; }
+  void Current(const std::string& name) {
+    std::lock_guard<std::mutex> lock(mu_);
+    state_.current = name;
+  }
+  // `bytes` more of the source consumed.
+  void Consumed(uint64_t bytes) {
+    std::lock_guard<std::mutex> lock(mu_);
+    state_.bytes_done += bytes;
+    if (read_ahead_) read_ahead_->ConsumedUpTo(state_.bytes_done);
+    if (callback_) callback_(state_);
+  }
+  // After one output tensor (with its scales) is written: `status` annotated with blob and tensor.
+  Status TensorDone(const Status& status, const std::string& blob_name, const std::string& name, bool quantized) {
+    STQ_RETURN_IF_ERROR(status.Annotate(fmt::format("blob {}: tensor {}", blob_name, name)));
+    std::lock_guard<std::mutex> lock(mu_);
+    ++summary_.tensors;
+    summary_.quantized_tensors += quantized;
+    ++state_.tensors_done;
+    if (callback_) callback_(state_);
     return Status::Ok();
   }
-
-  // Waits for the blob in flight; its error, if any.
-  Status Drain() {
-    if (!pending_.valid()) return Status::Ok();
-    Result<OllamaLayer> layer = pending_.get();
-    STQ_RETURN_IF_ERROR(layer.status());
-    layers_[slot_] = std::move(*layer);
-    return Status::Ok();
+  void BlobWritten(uint64_t bytes) {
+    std::lock_guard<std::mutex> lock(mu_);
+    summary_.output_bytes += bytes;
   }
 
  private:
-  OllamaStore& store_;
-  std::vector<OllamaLayer>& layers_;
-  std::future<Result<OllamaLayer>> pending_;
-  size_t slot_ = 0;
+  const std::function<void(const ConvertProgress&)>& callback_;
+  ConvertSummary& summary_;
+  ReadAhead* read_ahead_ = nullptr;
+  std::mutex mu_;
+  ConvertProgress state_;
 };
 
-// Writes one tensor blob into the store: `decls` (final names) and `metadata`, the data written by
-// `fill` into the writer.
-Status WriteBlob(BlobQueue& blobs, const std::string& blob_name, std::vector<TensorDecl> decls,
-                 const std::optional<std::map<std::string, std::string>>& metadata,
-                 const std::function<Status(Writer&)>& fill, ConvertSummary& summary) {
-  const std::string temp = blobs.store().NewTempPath();
-  STQ_ASSIGN_OR_RETURN(std::unique_ptr<Writer> writer,
-                       Writer::Create(temp, std::move(decls), metadata, Writer::CacheUse::kKeep));  // hashed next
-  STQ_RETURN_IF_ERROR(fill(*writer));
-  STQ_RETURN_IF_ERROR(writer->Commit().Annotate("write blob " + blob_name));
-  summary.output_bytes += writer->file_size();
-  return blobs.Add(temp, blob_name);
-}
+// The tensor blobs. Each is written to a temporary file of the store, its SHA-256 taken in file
+// order while its bytes are produced (safetensors::Writer's in-order tap: never read back), then
+// committed in the background while the next blobs are written: its last chunk writes waited for,
+// fsynced, renamed onto its digest name. Up to kMaxCommits commits run at once, so that their
+// fsyncs overlap: one after the other, each waits for the disk (on the machine of
+// docs/performance.md, 194 small files took 1.1 s to fsync one by one, 28 ms from 32 threads).
+// The layers take the places reserved for them, whatever order blobs finish in.
+class TensorBlobs {
+ public:
+  static constexpr size_t kMaxCommits = 32;
 
-// After one output tensor (with its scales) is written: `status` annotated with blob and tensor.
-Status TensorDone(const Status& status, const std::string& blob_name, const std::string& name, Progress& progress,
-                  ConvertSummary& summary) {
-  STQ_RETURN_IF_ERROR(status.Annotate(fmt::format("blob {}: tensor {}", blob_name, name)));
-  ++summary.tensors;
-  ++progress.state.tensors_done;
-  if (*progress.callback) (*progress.callback)(progress.state);
-  return Status::Ok();
-}
+  TensorBlobs(OllamaStore& store, std::vector<OllamaLayer>& layers, Tally& tally)
+      : store_(store), layers_(layers), tally_(tally) {}
+  ~TensorBlobs() { (void)Drain(); }  // an error was returned already, or Drain was called
+  TensorBlobs(const TensorBlobs&) = delete;
+  TensorBlobs& operator=(const TensorBlobs&) = delete;
 
-// Writes one tensor blob: the planned tensors `members` (in order), names prefixed by `prefix`,
-// their values read from `rows_of`.
-Status WriteTensorBlob(BlobQueue& blobs, const model::Inventory& inv,
-                                    const std::vector<const PlannedTensor*>& members, const std::string& prefix,
-                                    const std::function<RowSource(const PlannedTensor&)>& rows_of,
-                                    const ConvertOptions& options, Progress& progress, ConvertSummary& summary) {
+  Tally& tally() { return tally_; }
+
+  // Reserves the next `n` places of the layers, for blobs written later; returns the first.
+  // REQUIRES: no Write in progress.
+  size_t Reserve(size_t n) {
+    layers_.resize(layers_.size() + n);
+    return layers_.size() - n;
+  }
+
+  // Writes one blob into layer place `slot`: `decls` (final names) and `metadata`, the data
+  // written by `fill` into the writer. Thread-safe (for different slots).
+  Status Write(size_t slot, const std::string& blob_name, std::vector<TensorDecl> decls,
+               const std::optional<std::map<std::string, std::string>>& metadata,
+               const std::function<Status(Writer&)>& fill) {
+    const std::string temp = store_.NewTempPath();
+    auto sha = std::make_shared<Sha256>();
+    STQ_ASSIGN_OR_RETURN(std::shared_ptr<Writer> writer,
+                         Writer::Create(temp, std::move(decls), metadata,
+                                        [sha](std::span<const uint8_t> bytes) { sha->Update(bytes); }));
+    STQ_RETURN_IF_ERROR(fill(*writer));
+    tally_.BlobWritten(writer->file_size());
+    // Every write has returned: the tap has seen the whole file.
+    std::string hex = sha->HexDigest();
+    std::unique_lock<std::mutex> lock(mu_);
+    STQ_RETURN_IF_ERROR(CollectLocked(kMaxCommits - 1, lock));
+    pending_.push_back({slot, std::async(std::launch::async, [this, writer, temp, hex = std::move(hex), blob_name] {
+                          return Commit(*writer, temp, hex, blob_name);
+                        })});
+    return Status::Ok();
+  }
+
+  // Waits for every commit in flight; the first error, if any.
+  Status Drain() {
+    std::unique_lock<std::mutex> lock(mu_);
+    return CollectLocked(0, lock);
+  }
+
+ private:
+  struct Pending {
+    size_t slot = 0;
+    std::future<Result<OllamaLayer>> layer;
+  };
+
+  Result<OllamaLayer> Commit(Writer& writer, const std::string& temp, const std::string& hex,
+                             const std::string& blob_name) {
+    STQ_RETURN_IF_ERROR(writer.Commit().Annotate("write blob " + blob_name));
+    return store_.AddBlobFile(temp, hex, kOllamaMediaTensor, blob_name);
+  }
+
+  // Waits for the oldest commits until at most `keep` are in flight; the first error seen.
+  Status CollectLocked(size_t keep, std::unique_lock<std::mutex>& lock) {
+    Status first;
+    while (pending_.size() > keep) {
+      Pending p = std::move(pending_.front());
+      pending_.pop_front();
+      lock.unlock();
+      Result<OllamaLayer> layer = p.layer.get();
+      lock.lock();
+      if (!layer.ok()) {
+        if (first.ok()) first = layer.status();
+        continue;
+      }
+      layers_[p.slot] = std::move(*layer);
+    }
+    return first;
+  }
+
+  OllamaStore& store_;
+  std::vector<OllamaLayer>& layers_;
+  Tally& tally_;
+  std::mutex mu_;  // guards pending_ and layers_' elements
+  std::deque<Pending> pending_;
+};
+
+// Writes one tensor blob into layer place `slot`: the planned tensors `members` (in order), names
+// prefixed by `prefix`, their values read from `rows_of`.
+Status WriteTensorBlob(TensorBlobs& blobs, size_t slot, const model::Inventory& inv,
+                       const std::vector<const PlannedTensor*>& members, const std::string& prefix,
+                       const std::function<RowSource(const PlannedTensor&)>& rows_of, const ConvertOptions& options) {
   std::vector<TensorDecl> decls;
   for (const PlannedTensor* t : members) {
     const std::string name = prefix + t->name;
@@ -144,20 +218,18 @@ Status WriteTensorBlob(BlobQueue& blobs, const model::Inventory& inv,
     }
   }
   const std::string blob_name = prefix + members.front()->blob;
+  Tally& tally = blobs.tally();
   auto fill = [&](Writer& writer) -> Status {
     auto target = [&](const std::string& name) { return WriteTarget{&writer, *writer.IndexOf(name)}; };
     for (const PlannedTensor* t : members) {
       const std::string name = prefix + t->name;
-      progress.state.current = name;
+      tally.Current(name);
       const RowSource rows = rows_of(*t);
       uint64_t source_bytes = 0;
       for (const PlannedSource& s : t->sources) source_bytes += inv.FindInfo(s.tensor)->nbytes();
       const uint64_t value_bytes =
           std::max<uint64_t>(1, static_cast<uint64_t>(rows.rows) * rows.cols * DTypeBits(t->dtype) / 8);
-      auto on_block = [&](uint64_t bytes) {
-        progress.state.bytes_done += bytes * source_bytes / value_bytes;
-        if (*progress.callback) (*progress.callback)(progress.state);
-      };
+      auto on_block = [&](uint64_t bytes) { tally.Consumed(bytes * source_bytes / value_bytes); };
       Status status;
       if (!t->quant) {
         status = CopyRows(rows, target(name), options.threads, on_block);
@@ -172,37 +244,39 @@ Status WriteTensorBlob(BlobQueue& blobs, const model::Inventory& inv,
         QuantizedTargets targets{target(name), target(name + ".scale"), std::nullopt};
         if (ModeInfo(t->quant->mode).has_biases) targets.biases = target(name + ".bias");
         status = QuantizeRowSource(rows, *t->quant, global_scale, targets, options.threads, on_block);
-        ++summary.quantized_tensors;
       }
-      STQ_RETURN_IF_ERROR(TensorDone(status, blob_name, name, progress, summary));
+      STQ_RETURN_IF_ERROR(tally.TensorDone(status, blob_name, name, t->quant.has_value()));
     }
     return Status::Ok();
   };
-  return WriteBlob(blobs, blob_name, std::move(decls), metadata, fill, summary);
+  return blobs.Write(slot, blob_name, std::move(decls), metadata, fill);
 }
 
 // An already-quantized source (ollama-create-spec §6.3): the blobs of model::OllamaPrequantBlobs,
 // each tensor a byte transform of source tensors (WritePrequantTensor); with --requantize a layer's
 // blob is instead the planned float tensor "<layer>.weight" of its dequantized values, quantized
-// as planned.
-Status WritePrequantBlobs(BlobQueue& blobs, const model::PlanContext& context, const std::string& prefix,
-                          const ConvertOptions& options, Progress& progress, ConvertSummary& summary) {
+// as planned. Each blob is produced in file order by one thread, several blobs at once (its
+// transforms are sequential; the SHA-256 of one blob is taken on the thread writing it).
+Status WritePrequantBlobs(TensorBlobs& blobs, const model::PlanContext& context,
+                          const std::vector<model::OllamaPrequantBlob>& prequant_blobs, const std::string& prefix,
+                          const ConvertOptions& options) {
   const model::Inventory& inv = *context.inventory;
   const model::PrequantPlan& pq = *context.prequant;
-  STQ_ASSIGN_OR_RETURN(std::vector<model::OllamaPrequantBlob> prequant_blobs,
-                       model::OllamaPrequantBlobs(pq, inv.path(), options.requantize));
   std::map<std::string, const PlannedTensor*> planned;  // by blob: a requantized layer's one tensor
   for (const PlannedTensor& t : context.plan.tensors) planned.emplace(t.blob, &t);
-  for (const model::OllamaPrequantBlob& blob : prequant_blobs) {
+  Tally& tally = blobs.tally();
+  const size_t first_slot = blobs.Reserve(prequant_blobs.size());
+  return util::ParallelFor(static_cast<int64_t>(prequant_blobs.size()), options.threads, [&](int64_t i) -> Status {
+    const model::OllamaPrequantBlob& blob = prequant_blobs[i];
+    const size_t slot = first_slot + i;
     std::vector<const model::PrequantTensor*> tensors;
-    for (size_t i : blob.tensors) tensors.push_back(&pq.tensors[i]);
+    for (size_t t : blob.tensors) tensors.push_back(&pq.tensors[t]);
     const std::string blob_name = prefix + blob.name;
     // A float-quantized (FP8) layer of a mixed-precision container, decoded and quantized as planned.
     if (const auto decoded = planned.find(blob.name);
         decoded != planned.end() && decoded->second->transform == TensorTransform::kDecodeFp8 && decoded->second->quant) {
       auto rows_of = [&](const PlannedTensor& t) { return PlannedRows(inv, t, options.profile); };
-      STQ_RETURN_IF_ERROR(WriteTensorBlob(blobs, inv, {decoded->second}, prefix, rows_of, options, progress, summary));
-      continue;
+      return WriteTensorBlob(blobs, slot, inv, {decoded->second}, prefix, rows_of, options);
     }
     if (options.requantize && !blob.layer.empty()) {
       const auto layer = std::find_if(pq.layers.begin(), pq.layers.end(),
@@ -214,8 +288,7 @@ Status WritePrequantBlobs(BlobQueue& blobs, const model::PlanContext& context, c
       auto rows_of = [&](const PlannedTensor& t) {
         return PrequantLayerRows(inv, *layer, tensors, t.shape, t.dtype, pq.kind);
       };
-      STQ_RETURN_IF_ERROR(WriteTensorBlob(blobs, inv, {tensor->second}, prefix, rows_of, options, progress, summary));
-      continue;
+      return WriteTensorBlob(blobs, slot, inv, {tensor->second}, prefix, rows_of, options);
     }
     std::vector<TensorDecl> decls;
     for (const model::PrequantTensor* t : tensors) {
@@ -224,38 +297,78 @@ Status WritePrequantBlobs(BlobQueue& blobs, const model::PlanContext& context, c
     std::optional<std::map<std::string, std::string>> metadata;
     if (!blob.metadata.empty()) metadata = blob.metadata;
     auto fill = [&](Writer& writer) -> Status {
-      auto on_bytes = [&](uint64_t bytes) {
-        progress.state.bytes_done += bytes;
-        if (*progress.callback) (*progress.callback)(progress.state);
-      };
+      auto on_bytes = [&](uint64_t bytes) { tally.Consumed(bytes); };
       for (const model::PrequantTensor* t : tensors) {
         const std::string name = prefix + model::OllamaPrequantName(*t);
-        progress.state.current = name;
+        tally.Current(name);
         const Status status = WritePrequantTensor(inv, *t, WriteTarget{&writer, *writer.IndexOf(name)}, on_bytes);
-        STQ_RETURN_IF_ERROR(TensorDone(status, blob_name, name, progress, summary));
+        STQ_RETURN_IF_ERROR(
+            tally.TensorDone(status, blob_name, name, t == tensors.back() && !blob.layer.empty()));
       }
-      if (!blob.layer.empty()) ++summary.quantized_tensors;
       return Status::Ok();
     };
-    STQ_RETURN_IF_ERROR(WriteBlob(blobs, blob_name, std::move(decls), metadata, fill, summary));
+    return blobs.Write(slot, blob_name, std::move(decls), metadata, fill);
+  });
+}
+
+// Blobs of fewer source bytes than this are written one per thread, several at once: a blob of a
+// few tasks gains little from being split, while its fixed costs (files, header, commit) would be
+// paid by one thread at a time. Larger blobs are each written by all threads, their hash still
+// taken in file order (DirectWriter's tap).
+constexpr uint64_t kOneThreadBlobBytes = 1 << 20;
+
+// The tensor blobs of a plan, in plan (blob) order.
+Status WritePlanBlobs(TensorBlobs& blobs, const model::PlanContext& context,
+                      const std::vector<model::OllamaPrequantBlob>& prequant_blobs, const std::string& prefix,
+                      const ConvertOptions& options) {
+  if (context.prequant) return WritePrequantBlobs(blobs, context, prequant_blobs, prefix, options);
+  const model::Inventory& inv = *context.inventory;
+  const std::vector<PlannedTensor>& tensors = context.plan.tensors;
+  auto rows_of = [&](const PlannedTensor& t) { return PlannedRows(inv, t, options.profile); };
+  struct Blob {
+    std::vector<const PlannedTensor*> members;
+    uint64_t source_bytes = 0;
+  };
+  std::vector<Blob> plan_blobs;
+  for (const PlannedTensor& t : tensors) {
+    if (plan_blobs.empty() || plan_blobs.back().members.front()->blob != t.blob) plan_blobs.emplace_back();
+    plan_blobs.back().members.push_back(&t);
+    for (const PlannedSource& s : t.sources) plan_blobs.back().source_bytes += inv.FindInfo(s.tensor)->nbytes();
+  }
+  auto small = [&](size_t i) { return plan_blobs[i].source_bytes < kOneThreadBlobBytes; };
+  for (size_t i = 0; i < plan_blobs.size();) {
+    size_t end = i + 1;
+    if (small(i)) {
+      while (end < plan_blobs.size() && small(end)) ++end;
+    }
+    const size_t first = blobs.Reserve(end - i);
+    STQ_RETURN_IF_ERROR(util::ParallelFor(static_cast<int64_t>(end - i), options.threads, [&](int64_t k) {
+      return WriteTensorBlob(blobs, first + k, inv, plan_blobs[i + k].members, prefix, rows_of, options);
+    }));
+    i = end;
   }
   return Status::Ok();
 }
 
-// The tensor blobs of a plan, in plan (blob) order.
-Status WritePlanBlobs(BlobQueue& blobs, const model::PlanContext& context, const std::string& prefix,
-                      const ConvertOptions& options, Progress& progress, ConvertSummary& summary) {
-  if (context.prequant) return WritePrequantBlobs(blobs, context, prefix, options, progress, summary);
-  const std::vector<PlannedTensor>& tensors = context.plan.tensors;
-  auto rows_of = [&](const PlannedTensor& t) { return PlannedRows(*context.inventory, t, options.profile); };
-  for (size_t i = 0; i < tensors.size();) {
-    std::vector<const PlannedTensor*> members;
-    size_t j = i;
-    while (j < tensors.size() && tensors[j].blob == tensors[i].blob) members.push_back(&tensors[j++]);
-    STQ_RETURN_IF_ERROR(WriteTensorBlob(blobs, *context.inventory, members, prefix, rows_of, options, progress, summary));
-    i = j;
+// The source tensors of a plan in the order its blobs consume them, for the read-ahead.
+void AddSourceRanges(const model::PlanContext& context, const std::vector<model::OllamaPrequantBlob>& prequant_blobs,
+                     std::vector<ReadAhead::Range>& ranges) {
+  const model::Inventory& inv = *context.inventory;
+  auto add = [&](const std::string& name) {
+    const model::TensorRef* ref = inv.Find(name);
+    ranges.push_back({inv.shards()[ref->shard].reader.get(), ref->info});
+  };
+  if (!context.prequant) {
+    for (const PlannedTensor& t : context.plan.tensors) {
+      for (const PlannedSource& s : t.sources) add(s.tensor);
+    }
+    return;
   }
-  return Status::Ok();
+  for (const model::OllamaPrequantBlob& blob : prequant_blobs) {
+    for (size_t t : blob.tensors) {
+      for (const std::string& source : context.prequant->tensors[t].sources) add(source);
+    }
+  }
 }
 
 // Every *.json of the source directory but the index, sorted (ollama-create-spec §4).
@@ -513,24 +626,36 @@ Result<ConvertSummary> ConvertToOllamaStore(const ConvertOptions& given,
                                 {im.root + "/blobs", im.root + "/manifests"}));
   STQ_ASSIGN_OR_RETURN(OllamaStore store, OllamaStore::Open(im.root));
 
-  ConvertSummary summary;
-  Progress progress;
-  progress.callback = &callback;
-  progress.state.tensors_total =
-      (im.context ? im.context->plan.tensors.size() : 0) + (draft ? draft->plan.tensors.size() : 0);
-  progress.state.bytes_total = (im.context ? im.context->plan.input_bytes : 0) + (draft ? draft->plan.input_bytes : 0);
+  const model::PlanContext* context = im.context ? &*im.context : nullptr;  // none FROM an existing model
+  std::vector<model::OllamaPrequantBlob> prequant_blobs, draft_prequant_blobs;
+  if (context && context->prequant) {
+    STQ_ASSIGN_OR_RETURN(prequant_blobs, model::OllamaPrequantBlobs(*context->prequant, context->inventory->path(),
+                                                                    options.requantize));
+  }
+  if (draft && draft->prequant) {
+    STQ_ASSIGN_OR_RETURN(draft_prequant_blobs, model::OllamaPrequantBlobs(*draft->prequant, draft->inventory->path(),
+                                                                          options.requantize));
+  }
+  std::vector<ReadAhead::Range> source_ranges;
+  if (context) AddSourceRanges(*context, prequant_blobs, source_ranges);
+  if (draft) AddSourceRanges(*draft, draft_prequant_blobs, source_ranges);
+  ReadAhead read_ahead(std::move(source_ranges));
 
+  ConvertSummary summary;
+  Tally tally(callback, summary);
+  tally.Start((context ? context->plan.tensors.size() : 0) + (draft ? draft->plan.tensors.size() : 0),
+              (context ? context->plan.input_bytes : 0) + (draft ? draft->plan.input_bytes : 0), &read_ahead);
   std::vector<OllamaLayer> layers;
-  BlobQueue blobs(store, layers);
+  TensorBlobs blobs(store, layers, tally);
   if (im.base) {
     // FROM an existing model: its layers are reused as they are (their blobs are in the store).
     layers = BaseLayers(im);
   } else {
-    STQ_RETURN_IF_ERROR(WritePlanBlobs(blobs, *im.context, "", options, progress, summary));
+    STQ_RETURN_IF_ERROR(WritePlanBlobs(blobs, *context, prequant_blobs, "", options));
     STQ_RETURN_IF_ERROR(WriteConfigLayers(store, options.source_dir, "", layers));
   }
   if (draft) {
-    STQ_RETURN_IF_ERROR(WritePlanBlobs(blobs, *draft, "draft.", options, progress, summary));
+    STQ_RETURN_IF_ERROR(WritePlanBlobs(blobs, *draft, draft_prequant_blobs, "draft.", options));
     STQ_RETURN_IF_ERROR(WriteConfigLayers(store, options.draft_dir, "draft/", layers));
   }
   STQ_RETURN_IF_ERROR(blobs.Drain());
@@ -555,7 +680,6 @@ Result<ConvertSummary> ConvertToOllamaStore(const ConvertOptions& given,
     if (!modelfile.requires_version.empty()) config_v2["requires"] = modelfile.requires_version;
     if (draft) config_v2["draft"] = im.draft_info;
   }
-  const model::PlanContext* context = im.context ? &*im.context : nullptr;
   std::string chat_template;
   if (context) {
     STQ_ASSIGN_OR_RETURN(chat_template, model::ReadChatTemplate(options.source_dir));
@@ -583,7 +707,7 @@ Result<ConvertSummary> ConvertToOllamaStore(const ConvertOptions& given,
   STQ_ASSIGN_OR_RETURN(OllamaLayer config_layer, store.AddBlobBytes(config_v2.dump(), kOllamaMediaConfig, ""));
 
   STQ_ASSIGN_OR_RETURN(summary.manifest_path, store.WriteManifest(name, config_layer, layers));
-  summary.input_bytes = progress.state.bytes_total;
+  summary.input_bytes = tally.bytes_total();
   summary.parameters = (context ? context->plan.parameters : 0) + (draft ? draft->plan.parameters : 0);
   summary.layers = layers.size();
   for (const OllamaLayer& l : layers) summary.blobs_reused += l.reused;

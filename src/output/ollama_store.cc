@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <filesystem>
+#include <new>
 #include <vector>
 
 #include <fmt/format.h>
@@ -49,11 +50,6 @@ std::string Hex(const unsigned char* digest, unsigned int n) {
   }
   return out;
 }
-
-struct MdContext {
-  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
-  ~MdContext() { EVP_MD_CTX_free(ctx); }
-};
 
 }  // namespace
 
@@ -108,33 +104,28 @@ nlohmann::ordered_json OllamaLayer::ToJson() const {
   return j;
 }
 
-std::string Sha256Hex(const std::string& bytes) {
+Sha256::Sha256() : ctx_(EVP_MD_CTX_new()) {
+  if (ctx_ == nullptr || EVP_DigestInit_ex(ctx_, EVP_sha256(), nullptr) != 1) {
+    EVP_MD_CTX_free(ctx_);
+    throw std::bad_alloc();
+  }
+}
+
+Sha256::~Sha256() { EVP_MD_CTX_free(ctx_); }
+
+void Sha256::Update(std::span<const uint8_t> bytes) { EVP_DigestUpdate(ctx_, bytes.data(), bytes.size()); }
+
+std::string Sha256::HexDigest() {
   unsigned char digest[EVP_MAX_MD_SIZE];
   unsigned int n = 0;
-  MdContext md;
-  EVP_DigestInit_ex(md.ctx, EVP_sha256(), nullptr);
-  EVP_DigestUpdate(md.ctx, bytes.data(), bytes.size());
-  EVP_DigestFinal_ex(md.ctx, digest, &n);
+  EVP_DigestFinal_ex(ctx_, digest, &n);
   return Hex(digest, n);
 }
 
-Result<std::string> Sha256File(const std::string& path) {
-  STQ_ASSIGN_OR_RETURN(util::RegularFile file, util::OpenRegularFile(path));
-  const uint64_t size = file.size;
-  MdContext md;
-  if (!md.ctx || EVP_DigestInit_ex(md.ctx, EVP_sha256(), nullptr) != 1) {
-    return Status::Internal("OpenSSL: cannot initialise SHA-256");
-  }
-  std::vector<uint8_t> buffer(std::min<uint64_t>(size, 8u << 20));
-  for (uint64_t offset = 0; offset < size; offset += buffer.size()) {
-    std::span<uint8_t> piece(buffer.data(), std::min<uint64_t>(buffer.size(), size - offset));
-    STQ_RETURN_IF_ERROR(util::PreadFull(file.fd.get(), piece, offset, path));
-    EVP_DigestUpdate(md.ctx, piece.data(), piece.size());
-  }
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int n = 0;
-  EVP_DigestFinal_ex(md.ctx, digest, &n);
-  return Hex(digest, n);
+std::string Sha256Hex(const std::string& bytes) {
+  Sha256 sha;
+  sha.Update({reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()});
+  return sha.HexDigest();
 }
 
 Result<OllamaStore> OllamaStore::Open(const std::string& root) {
@@ -190,42 +181,41 @@ std::string OllamaStore::BlobPath(const std::string& digest) const {
 }
 
 std::string OllamaStore::NewTempPath() {
+  std::lock_guard<std::mutex> lock(*mu_);
   return fmt::format("{}-{}", lock_.stem(), counter_++);
 }
 
-Result<OllamaLayer> OllamaStore::AddBlobFile(const std::string& temp_path, std::string media_type, std::string name) {
-  STQ_ASSIGN_OR_RETURN(std::string hex, Sha256File(temp_path));
+Result<OllamaLayer> OllamaStore::AddBlobFile(const std::string& temp_path, const std::string& hex,
+                                             std::string media_type, std::string name) {
   std::error_code ec;
   const uint64_t size = fs::file_size(temp_path, ec);
   if (ec) return Status::IoError(fmt::format("stat '{}': {}", temp_path, ec.message()));
   OllamaLayer layer{std::move(media_type), "sha256:" + hex, size, std::move(name), false};
   const std::string final_path = BlobPath(hex);
   // Recorded before it is reused or renamed into place, and neither while a collector scans (the
-  // directory sync comes after: the lock is held for microseconds).
+  // lock is held for microseconds; the names are made durable by WriteManifest).
   if (!gc_lock_.valid() || !journal_.fd.valid()) return Status::Internal("OllamaStore::AddBlobFile: store opened for reading");
-  {
-    STQ_RETURN_IF_ERROR(FlockRetrying(gc_lock_.get(), LOCK_SH, root_ + "/" + kOllamaGcLockFile));
-    struct Unlock {
-      int fd;
-      ~Unlock() { ::flock(fd, LOCK_UN); }
-    } unlock{gc_lock_.get()};
-    STQ_RETURN_IF_ERROR(Record(hex));
-    struct stat st {};
-    if (::stat(final_path.c_str(), &st) == 0 && S_ISREG(st.st_mode) && static_cast<uint64_t>(st.st_size) == size) {
-      // Same digest, same bytes: reuse it (touch its mtime, as ollama does).
-      layer.reused = true;
-      fs::remove(temp_path, ec);
-      ::utimensat(AT_FDCWD, final_path.c_str(), nullptr, 0);
-      return layer;
-    }
-    ::chmod(temp_path.c_str(), 0644);
-    if (::rename(temp_path.c_str(), final_path.c_str()) != 0) {
-      const int err = errno;
-      fs::remove(temp_path, ec);
-      return Status::FromErrno("rename", temp_path, err);
-    }
+  std::lock_guard<std::mutex> lock(*mu_);  // one blob of two with the same bytes is reused; one journal line at a time
+  STQ_RETURN_IF_ERROR(FlockRetrying(gc_lock_.get(), LOCK_SH, root_ + "/" + kOllamaGcLockFile));
+  struct Unlock {
+    int fd;
+    ~Unlock() { ::flock(fd, LOCK_UN); }
+  } unlock{gc_lock_.get()};
+  STQ_RETURN_IF_ERROR(Record(hex));
+  struct stat st {};
+  if (::stat(final_path.c_str(), &st) == 0 && S_ISREG(st.st_mode) && static_cast<uint64_t>(st.st_size) == size) {
+    // Same digest, same bytes: reuse it (touch its mtime, as ollama does).
+    layer.reused = true;
+    fs::remove(temp_path, ec);
+    ::utimensat(AT_FDCWD, final_path.c_str(), nullptr, 0);
+    return layer;
   }
-  STQ_RETURN_IF_ERROR(util::SyncParentDirectory(final_path));
+  ::chmod(temp_path.c_str(), 0644);
+  if (::rename(temp_path.c_str(), final_path.c_str()) != 0) {
+    const int err = errno;
+    fs::remove(temp_path, ec);
+    return Status::FromErrno("rename", temp_path, err);
+  }
   return layer;
 }
 
@@ -237,17 +227,20 @@ Result<OllamaLayer> OllamaStore::AddBlobBytes(const std::string& bytes, std::str
         file.fd(), {reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()}, 0, file.temp_path()));
     STQ_RETURN_IF_ERROR(file.Commit());
   }
-  return AddBlobFile(temp, std::move(media_type), std::move(name));
+  return AddBlobFile(temp, Sha256Hex(bytes), std::move(media_type), std::move(name));
 }
 
 Result<OllamaLayer> OllamaStore::AddBlobCopy(const std::string& source, std::string media_type, std::string name) {
   const std::string temp = NewTempPath();
-  STQ_RETURN_IF_ERROR(CopyFileAtomically(source, temp));
-  return AddBlobFile(temp, std::move(media_type), std::move(name));
+  Sha256 sha;
+  STQ_RETURN_IF_ERROR(CopyFileAtomically(source, temp, [&sha](std::span<const uint8_t> bytes) { sha.Update(bytes); }));
+  return AddBlobFile(temp, sha.HexDigest(), std::move(media_type), std::move(name));
 }
 
 Result<std::string> OllamaStore::WriteManifest(const OllamaName& name, const OllamaLayer& config,
                                                const std::vector<OllamaLayer>& layers) {
+  // One fsync of blobs/ makes every blob renamed into it durable before the manifest naming them.
+  STQ_RETURN_IF_ERROR(util::SyncParentDirectory(BlobPath("")).Annotate("write manifest"));
   nlohmann::ordered_json manifest;
   manifest["schemaVersion"] = 2;
   manifest["mediaType"] = kOllamaMediaManifest;

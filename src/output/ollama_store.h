@@ -4,13 +4,14 @@
 //   <root>/manifests/<host>/<namespace>/<model>/<tag>      JSON manifest naming the blobs
 //
 // A blob is written to a hidden temporary file in blobs/ (".stquant-tmp-<pid>-<random>-<n>",
-// marked in use by the lock file ".stquant-tmp-<pid>-<random>.lock" the store holds), fsynced,
-// hashed and renamed onto its digest name; when that name exists already (the same bytes from an
-// earlier import or another model) the temporary file is dropped and the existing blob reused.
-// So a file named sha256-<hex> always holds exactly the bytes of that digest, even after a crash.
-// The manifest is written last, atomically, so an interrupted import leaves no model visible;
-// temporary files whose lock nobody holds (killed processes) are removed when a store is opened,
-// never those of a concurrent import.
+// marked in use by the lock file ".stquant-tmp-<pid>-<random>.lock" the store holds), hashed as it
+// is written, fsynced and renamed onto its digest name; when that name exists already (the same
+// bytes from an earlier import or another model) the temporary file is dropped and the existing
+// blob reused. So a file named sha256-<hex> always holds exactly the bytes of that digest, even
+// after a crash. The manifest is written last, atomically, after one fsync of blobs/ has made the
+// new names durable, so an interrupted import leaves no model visible; temporary files whose lock
+// nobody holds (killed processes) are removed when a store is opened, never those of a concurrent
+// import.
 //
 // Garbage collection (output/ollama_gc.h) may run while imports do. An import writes its blobs
 // before the manifest that references them, so the collector must learn of them another way:
@@ -27,7 +28,10 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
+#include <mutex>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -36,6 +40,8 @@
 
 #include "stquant/status.h"
 #include "util/file.h"
+
+struct evp_md_ctx_st;  // OpenSSL's EVP_MD_CTX
 
 namespace stquant::output {
 
@@ -94,8 +100,23 @@ struct OllamaManifest {
 // non-negative integer, when present. InvalidInput naming `path` and the layer otherwise.
 Result<OllamaManifest> ParseOllamaManifest(std::string_view text, const std::string& path);
 
-// SHA-256 of a file's bytes, lowercase hex.
-Result<std::string> Sha256File(const std::string& path);
+// SHA-256 taken piece by piece as bytes are produced (OpenSSL's streaming API).
+class Sha256 {
+ public:
+  Sha256();  // throws std::bad_alloc when OpenSSL cannot allocate its context
+  ~Sha256();
+  Sha256(const Sha256&) = delete;
+  Sha256& operator=(const Sha256&) = delete;
+
+  void Update(std::span<const uint8_t> bytes);
+  // The digest of all bytes given, lowercase hex. Call once, after the last Update.
+  std::string HexDigest();
+
+ private:
+  evp_md_ctx_st* ctx_;
+};
+
+// SHA-256 of `bytes`, lowercase hex.
 std::string Sha256Hex(const std::string& bytes);
 
 // flock(2), retried on EINTR.
@@ -116,15 +137,19 @@ class OllamaStore {
   const std::string& root() const { return root_; }
   std::string BlobPath(const std::string& digest) const;  // "sha256:<hex>" or "<hex>"
   // A fresh temporary path in blobs/ for a blob being written (e.g. by safetensors::Writer).
+  // Thread-safe, as AddBlobFile and AddBlobBytes.
   std::string NewTempPath();
-  // Moves a complete, synced file at `temp_path` (from NewTempPath) to its digest name, or drops
-  // it when that blob exists; records it in the journal first (under the shared collector lock).
-  Result<OllamaLayer> AddBlobFile(const std::string& temp_path, std::string media_type, std::string name);
+  // Moves a complete, synced file at `temp_path` (from NewTempPath) whose SHA-256 is `hex` (taken
+  // while it was written) to its digest name, or drops it when that blob exists; records it in the journal first (under
+  // the shared collector lock). The new name is made durable by WriteManifest.
+  Result<OllamaLayer> AddBlobFile(const std::string& temp_path, const std::string& hex, std::string media_type,
+                                  std::string name);
   Result<OllamaLayer> AddBlobBytes(const std::string& bytes, std::string media_type, std::string name);
-  // A blob of the bytes of the regular file at `source` (copied in pieces, see CopyFileAtomically).
+  // A blob of the bytes of the regular file at `source` (copied in pieces, see CopyFileAtomically,
+  // and hashed as they are copied).
   Result<OllamaLayer> AddBlobCopy(const std::string& source, std::string media_type, std::string name);
-  // Writes the manifest atomically (temp file, fsync, rename); the last step of an import.
-  // Returns its path.
+  // fsyncs blobs/ (the names of the blobs added so far), then writes the manifest atomically
+  // (temp file, fsync, rename); the last step of an import. Returns its path.
   Result<std::string> WriteManifest(const OllamaName& name, const OllamaLayer& config,
                                     const std::vector<OllamaLayer>& layers);
   // Reads a manifest (within util::kJsonConfigLimit; ParseOllamaManifest): InvalidArgument "model
@@ -148,6 +173,7 @@ class OllamaStore {
   util::TempLock lock_;  // Open only: marks this store's temporary blobs as in use
   util::Fd gc_lock_;     // Open only: <root>/.stquant-gc.lock, held shared while committing a blob
   Journal journal_;      // declared after lock_: removed before the lock is released
+  std::unique_ptr<std::mutex> mu_ = std::make_unique<std::mutex>();  // guards counter_, the digest names and the journal
   uint64_t counter_ = 0;
 };
 

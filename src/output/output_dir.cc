@@ -130,7 +130,8 @@ Status WriteFileAtomically(const std::string& path, const std::string& contents)
   return file.Commit();
 }
 
-Status CopyFileAtomically(const std::string& from, const std::string& path) {
+Status CopyFileAtomically(const std::string& from, const std::string& path,
+                          const std::function<void(std::span<const uint8_t>)>& copied) {
   STQ_ASSIGN_OR_RETURN(util::RegularFile in, util::OpenRegularFile(from));
   STQ_ASSIGN_OR_RETURN(util::AtomicFile file, util::AtomicFile::Create(path));
   std::vector<uint8_t> buffer(std::min<uint64_t>(in.size, 8 << 20));
@@ -138,6 +139,7 @@ Status CopyFileAtomically(const std::string& from, const std::string& path) {
     std::span<uint8_t> piece(buffer.data(), std::min<uint64_t>(buffer.size(), in.size - offset));
     STQ_RETURN_IF_ERROR(util::PreadFull(in.fd.get(), piece, offset, from));
     STQ_RETURN_IF_ERROR(util::PwriteFull(file.fd(), piece, offset, file.temp_path()));
+    if (copied) copied(piece);
   }
   return file.Commit();
 }

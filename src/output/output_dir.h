@@ -8,6 +8,8 @@
 // in atomically.
 #pragma once
 
+#include <functional>
+#include <span>
 #include <string>
 
 #include "stquant/status.h"
@@ -46,7 +48,9 @@ class OutputDir {
 // Writes `contents` to `path` through a temp file + fsync + rename.
 Status WriteFileAtomically(const std::string& path, const std::string& contents);
 // Copies a regular file (following symlinks; anything else is refused, see util::OpenRegularFile)
-// to `path`, atomically, in pieces of at most 8 MiB.
-Status CopyFileAtomically(const std::string& from, const std::string& path);
+// to `path`, atomically, in pieces of at most 8 MiB; `copied` (optional) gets each piece, in order
+// (a hash taken while copying).
+Status CopyFileAtomically(const std::string& from, const std::string& path,
+                          const std::function<void(std::span<const uint8_t>)>& copied = nullptr);
 
 }  // namespace stquant::output

@@ -65,13 +65,20 @@ float SourceBlockScale(uint8_t b, float scalar, bool inverted) {
   return inverted ? v / scalar : v * scalar;
 }
 
-// Calls fn(offset, bytes) over the bytes [begin, end) of a tensor in pieces of at most kBlockBytes,
-// so that memory does not grow with the tensor.
+// Byte transforms read their source in pieces of at most this: larger reads gain nothing, and the
+// ollama layout imports several blobs at once, one per thread.
+constexpr uint64_t kPieceBytes = 4 << 20;
+
+// Calls fn(offset, bytes) over the bytes [begin, end) of a tensor in pieces of at most
+// kPieceBytes, so that memory does not grow with the tensor. Not reentrant: fn must not call it.
 Status ForEachPiece(const Source& src, uint64_t begin, uint64_t end,
                     const std::function<Status(uint64_t offset, std::span<uint8_t> bytes)>& fn) {
-  std::vector<uint8_t> buffer(std::min<uint64_t>(end - begin, kBlockBytes));
-  for (uint64_t at = begin; at < end; at += buffer.size()) {
-    const std::span<uint8_t> piece(buffer.data(), std::min<uint64_t>(buffer.size(), end - at));
+  // One buffer per thread, kept across tensors: a fresh one would be faulted in (and zeroed) again.
+  thread_local std::vector<uint8_t> buffer;
+  const uint64_t piece_bytes = std::min<uint64_t>(end - begin, kPieceBytes);
+  if (buffer.size() < piece_bytes) buffer.resize(piece_bytes);
+  for (uint64_t at = begin; at < end; at += piece_bytes) {
+    const std::span<uint8_t> piece(buffer.data(), std::min<uint64_t>(piece_bytes, end - at));
     STQ_RETURN_IF_ERROR(src.reader->Read(*src.info, at, piece));
     STQ_RETURN_IF_ERROR(fn(at, piece));
   }

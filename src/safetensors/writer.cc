@@ -18,8 +18,9 @@ namespace stquant::safetensors {
 
 struct WriterState {
   util::AtomicFile file;
-  // Large files bypass the page cache (see util/direct_writer.h); declared after `file` so that
-  // it is destroyed first, its writes in flight done before the temp file is closed.
+  // Large files bypass the page cache, and a file with an in-order tap is tapped there (see
+  // util/direct_writer.h); declared after `file` so that it is destroyed first, its writes in
+  // flight done before the temp file is closed.
   std::unique_ptr<util::DirectWriter> direct;
   std::unordered_map<std::string_view, size_t> by_name;  // views into Writer::tensors_ names
 
@@ -91,7 +92,7 @@ Result<std::string> HeaderText(const std::vector<TensorInfo>& tensors,
 
 Result<std::unique_ptr<Writer>> Writer::Create(const std::string& path, std::vector<TensorDecl> tensors,
                                                std::optional<std::map<std::string, std::string>> metadata,
-                                               CacheUse cache) {
+                                               InOrderTap in_order) {
   STQ_RETURN_IF_ERROR(CheckDecls(path, tensors, metadata));
   std::unique_ptr<Writer> writer(new Writer());
   writer->path_ = path;
@@ -134,9 +135,8 @@ Result<std::unique_ptr<Writer>> Writer::Create(const std::string& path, std::vec
   prefix += text;
 
   STQ_ASSIGN_OR_RETURN(state.file, util::AtomicFile::Create(path));
-  if (cache == CacheUse::kBypass) {
-    state.direct = util::DirectWriter::Open(state.file.temp_path(), state.file.fd(), writer->file_size());
-  }
+  state.direct =
+      util::DirectWriter::Open(state.file.temp_path(), state.file.fd(), writer->file_size(), std::move(in_order));
   STQ_RETURN_IF_ERROR(writer->WriteFileBytes(0, {reinterpret_cast<const uint8_t*>(prefix.data()), prefix.size()}));
   return writer;
 }
@@ -212,8 +212,6 @@ Status Writer::WriteFileBytes(uint64_t offset, std::span<const uint8_t> bytes) {
   if (state_->direct) return state_->direct->Write(offset, bytes);
   return util::PwriteFull(state_->file.fd(), bytes, offset, state_->file.temp_path());
 }
-
-void Writer::StartWriteback() { util::StartWriteback(state_->file.fd()); }
 
 Status Writer::Commit() {
   {

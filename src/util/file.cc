@@ -121,11 +121,17 @@ Status PwriteWhole(int fd, std::span<const uint8_t> src, uint64_t offset, std::s
     n = ::pwrite(fd, src.data(), src.size(), static_cast<off_t>(offset));
   } while (n < 0 && errno == EINTR);
   if (n < 0) return Status::FromErrno("write", path, errno);
-  if (static_cast<size_t>(n) != src.size()) {
-    return Status::IoError(fmt::format("write '{}': {} of {} bytes written at offset {} (disk full?)", path, n,
-                                       src.size(), offset));
-  }
-  return Status::Ok();
+  if (static_cast<size_t>(n) == src.size()) return Status::Ok();
+  // A short write (the disk filled up?): writing the rest says why (ENOSPC), unless the rest is
+  // not aligned for direct I/O (EINVAL).
+  ssize_t rest;
+  do {
+    rest = ::pwrite(fd, src.data() + n, src.size() - n, static_cast<off_t>(offset + n));
+  } while (rest < 0 && errno == EINTR);
+  if (rest < 0 && errno != EINVAL) return Status::FromErrno("write", path, errno);
+  if (rest >= 0 && static_cast<size_t>(n + rest) == src.size()) return Status::Ok();
+  return Status::IoError(
+      fmt::format("write '{}': {} of {} bytes written at offset {} (disk full?)", path, n, src.size(), offset));
 }
 
 Status Fsync(int fd, std::string_view path) {
@@ -134,15 +140,6 @@ Status Fsync(int fd, std::string_view path) {
     if (errno != EINTR) return Status::FromErrno("fsync", path, errno);
   }
   return Status::Ok();
-}
-
-void StartWriteback(int fd) {
-#if defined(__linux__)
-  // The result is ignored on purpose: any write-back error is reported by the fsync at commit.
-  (void)::sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE);
-#else
-  (void)fd;
-#endif
 }
 
 std::string ParentDirectory(const std::string& path) {

@@ -52,16 +52,13 @@ Status PreadFull(int fd, std::span<uint8_t> dst, uint64_t offset, std::string_vi
 Status PwriteFull(int fd, std::span<const uint8_t> src, uint64_t offset, std::string_view path);
 
 // One pwrite of all of `src` at `offset`, for O_DIRECT descriptors (where the rest of a short
-// write could not be aligned): a short write is an IoError. An injected fault (see
+// write may not be aligned): after a short write the rest is tried once, so that the error names
+// its cause (ENOSPC); one that stays short is an IoError. An injected fault (see
 // SetWriteFaultForTesting) fails it before anything is written.
 Status PwriteWhole(int fd, std::span<const uint8_t> src, uint64_t offset, std::string_view path);
 
 // fsync, retried on EINTR.
 Status Fsync(int fd, std::string_view path);
-
-// Asks the kernel to start writing the file's dirty pages back now, without waiting (Linux
-// sync_file_range; a no-op elsewhere). Advisory: errors surface at the final Fsync instead.
-void StartWriteback(int fd);
 
 // Opens the directory that contains `path` and fsyncs it, so that a rename or a new file in it is
 // durable. Filesystems that cannot sync a directory (EINVAL) are tolerated.

@@ -15,6 +15,7 @@
 #include <iterator>
 #include <optional>
 #include <thread>
+#include <vector>
 
 #include "util/file.h"
 #include "util/file_test_util.h"
@@ -44,6 +45,19 @@ TEST(OllamaName, Invalid) {
 
 TEST(OllamaSha256, KnownVector) {
   EXPECT_EQ(Sha256Hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  EXPECT_EQ(Sha256Hex(""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+}
+
+TEST(OllamaSha256, PiecesGiveTheDigestOfTheWhole) {
+  // FIPS 180-2 test vector 2, given in pieces of 1, 5, 20 ... bytes (block boundaries inside them).
+  const std::string text = "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";
+  Sha256 sha;
+  for (size_t at = 0, n = 1; at < text.size(); at += n, n = n * 4 + 1) {
+    const std::string piece = text.substr(at, n);
+    sha.Update({reinterpret_cast<const uint8_t*>(piece.data()), piece.size()});
+  }
+  EXPECT_EQ(sha.HexDigest(), "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
+  EXPECT_EQ(Sha256Hex(text), "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
 }
 
 class OllamaStoreTest : public ::testing::Test {
@@ -77,6 +91,39 @@ TEST_F(OllamaStoreTest, BlobsAreContentAddressedAndReused) {
     EXPECT_EQ(e.path().filename().string().rfind("sha256-", 0), 0u) << e.path();
   }
   EXPECT_EQ(files, 1);
+}
+
+TEST_F(OllamaStoreTest, ConcurrentBlobsWithTheSameBytesKeepOneFile) {
+  // Blobs are committed on several threads at once: of equal blobs one is renamed into place,
+  // the others are found there and dropped, as one after the other.
+  Result<OllamaStore> store = OllamaStore::Open(root_);
+  ASSERT_TRUE(store.ok());
+  const std::string bytes = "the same tensor bytes";
+  std::vector<std::string> temps;
+  for (int i = 0; i < 8; ++i) {
+    temps.push_back(store->NewTempPath());
+    std::ofstream(temps.back()) << bytes;
+  }
+  std::vector<Result<OllamaLayer>> layers(temps.size(), Status::Internal("not run"));
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < temps.size(); ++i) {
+    threads.emplace_back([&, i] { layers[i] = store->AddBlobFile(temps[i], Sha256Hex(bytes), kOllamaMediaTensor, "t"); });
+  }
+  for (std::thread& t : threads) t.join();
+  int reused = 0;
+  for (const Result<OllamaLayer>& layer : layers) {
+    ASSERT_TRUE(layer.ok()) << layer.status().message();
+    EXPECT_EQ(layer->digest, "sha256:" + Sha256Hex(bytes));
+    EXPECT_EQ(layer->size, bytes.size());
+    reused += layer->reused;
+  }
+  EXPECT_EQ(reused, 7);
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(fs::path(root_) / "blobs")) {
+    // The store's lock and journal (held while it is open) aside.
+    if (e.path().extension() != ".lock" && e.path().extension() != ".blobs") names.push_back(e.path().filename().string());
+  }
+  EXPECT_EQ(names, std::vector<std::string>{"sha256-" + Sha256Hex(bytes)});
 }
 
 TEST_F(OllamaStoreTest, ManifestIsWrittenWithLayersInOrder) {

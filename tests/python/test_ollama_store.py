@@ -241,6 +241,17 @@ def test_second_model_reuses_shared_blobs(stquant, shared_dir, tmp_path):
     assert blobs_a <= blobs
 
 
+def written_bytes(directory):
+    """Bytes of the files in `directory` (a running import renames and removes them meanwhile)."""
+    total = 0
+    for p in directory.iterdir() if directory.is_dir() else ():
+        try:
+            total += p.stat().st_size
+        except FileNotFoundError:
+            pass
+    return total
+
+
 def test_killed_run_leaves_no_model(stquant, build_dir, tmp_path):
     tool = build_dir / "tools" / "make_synthetic_model"
     if not tool.is_file():
@@ -251,12 +262,12 @@ def test_killed_run_leaves_no_model(stquant, build_dir, tmp_path):
     store = tmp_path / "store"
     proc = subprocess.Popen([str(stquant), "convert", str(src), "--layout", "ollama", "--name", "big",
                              "--models-dir", str(store), "-q", "int4", "--quiet", "-j", "1"])
+    # Killed once 32 MiB are written (blobs or temporaries): the import of 400 MB takes ~0.3 s warm.
     deadline = time.time() + 60
     while time.time() < deadline:
-        if (store / "blobs").is_dir() and any(p.name.startswith("sha256-") for p in (store / "blobs").iterdir()):
+        if written_bytes(store / "blobs") >= 32 << 20:
             break
-        time.sleep(0.01)
-    time.sleep(0.3)
+        time.sleep(0.002)
     assert proc.poll() is None, "conversion finished before it could be killed (make the model bigger)"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()

@@ -48,6 +48,27 @@ Status FillAll(Writer& writer) {
   return Status::Ok();
 }
 
+// Writes rows of `row_bytes` of tensor 0 from `data`, in a shuffled order (`seed`), from two
+// threads; the number of writes that failed.
+int WriteRowsShuffledFromTwoThreads(Writer& writer, const std::vector<uint8_t>& data, uint64_t row_bytes,
+                                    uint32_t seed) {
+  std::vector<uint64_t> rows(data.size() / row_bytes);
+  std::iota(rows.begin(), rows.end(), 0);
+  std::shuffle(rows.begin(), rows.end(), std::mt19937(seed));
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 2; ++t) {
+    threads.emplace_back([&, t] {
+      for (size_t i = t; i < rows.size(); i += 2) {
+        const uint64_t r = rows[i];
+        if (!writer.WriteTensorData(0, r * row_bytes, std::span(data).subspan(r * row_bytes, row_bytes)).ok()) ++failures;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  return failures.load();
+}
+
 class WriterTest : public ::testing::Test {
  protected:
   std::string path() const { return dir_.File("out.safetensors"); }
@@ -194,21 +215,7 @@ TEST_F(WriterTest, LargeFileInShuffledPiecesFromTwoThreads) {
   auto writer = Writer::Create(path(), decls, Metadata{{"format", "mlx"}});
   ASSERT_THAT(writer, IsOk());
   const std::vector<uint8_t> big = Pattern(kRows * kRowBytes, 1), odd = Pattern(1234567, 2);
-  std::vector<uint64_t> rows(kRows);
-  std::iota(rows.begin(), rows.end(), 0);
-  std::shuffle(rows.begin(), rows.end(), std::mt19937(3));
-  std::atomic<int> failures{0};
-  std::vector<std::thread> threads;
-  for (int t = 0; t < 2; ++t) {
-    threads.emplace_back([&, t] {
-      for (size_t i = t; i < rows.size(); i += 2) {
-        const uint64_t r = rows[i];
-        if (!(*writer)->WriteTensorData(0, r * kRowBytes, std::span(big).subspan(r * kRowBytes, kRowBytes)).ok()) ++failures;
-      }
-    });
-  }
-  for (auto& th : threads) th.join();
-  ASSERT_EQ(failures.load(), 0);
+  ASSERT_EQ(WriteRowsShuffledFromTwoThreads(**writer, big, kRowBytes, 3), 0);
   ASSERT_THAT((*writer)->WriteTensorData(1, 0, odd), IsOk());
   ASSERT_THAT((*writer)->Commit(), IsOk());
   EXPECT_EQ(ReadBytes(path()).size(), (*writer)->file_size());
@@ -219,6 +226,26 @@ TEST_F(WriterTest, LargeFileInShuffledPiecesFromTwoThreads) {
     ASSERT_THAT(view, IsOk());
     const std::vector<uint8_t>& want = i == 0 ? big : odd;
     EXPECT_TRUE(std::equal(view->begin(), view->end(), want.begin(), want.end())) << i;
+  }
+}
+
+// The in-order tap (how the ollama layout hashes a blob while writing it) gets exactly the bytes
+// of the committed file, header first, whatever the write order, for small and large files.
+TEST_F(WriterTest, InOrderTapGetsTheFileAsCommitted) {
+  for (const uint64_t rows : {uint64_t{3}, uint64_t{1300}}) {
+    constexpr uint64_t kRowBytes = 16 << 10;
+    std::string tapped;
+    auto writer = Writer::Create(path(), {{"big", DType::kU8, {rows, kRowBytes}}, {"odd", DType::kU8, {12345}}},
+                                 Metadata{{"quant_type", "int4"}}, [&](std::span<const uint8_t> bytes) {
+                                   tapped.append(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+                                 });
+    ASSERT_THAT(writer, IsOk());
+    const std::vector<uint8_t> big = Pattern(rows * kRowBytes, 5), odd = Pattern(12345, 6);
+    ASSERT_THAT((*writer)->WriteTensorData(1, 0, odd), IsOk());  // the end of the file first
+    ASSERT_EQ(WriteRowsShuffledFromTwoThreads(**writer, big, kRowBytes, 7), 0);
+    EXPECT_EQ(tapped.size(), (*writer)->file_size()) << rows;
+    ASSERT_THAT((*writer)->Commit(), IsOk());
+    EXPECT_TRUE(tapped == ReadBytes(path())) << rows;
   }
 }
 
