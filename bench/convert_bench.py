@@ -111,6 +111,8 @@ def main():
     ap.add_argument("--no-copy", action="store_true", help="skip the cp + sync row (slow on some disks)")
     ap.add_argument("--baseline", type=Path, help="another stquant binary (e.g. of the main branch): its ollama "
                     "layout runs are added, interleaved with the others")
+    ap.add_argument("--report", action="store_true",
+                    help="also the mlx layout with --report (each quantized tensor's error measured in the same pass)")
     ap.add_argument("--markdown", type=Path, help="also write the table as markdown to this file")
     args = ap.parse_args()
 
@@ -156,6 +158,10 @@ def main():
                     runs.append(Run(f"stquant {name}, mlx layout --policy ollama",
                                     [stquant, "convert", model, "-o", out, "--force", "--quiet", "--policy", "ollama", *ours],
                                     out, name, "mlx-ollama-policy"))
+                    if args.report:
+                        runs.append(Run(f"stquant {name}, mlx layout --report",
+                                        [stquant, "convert", model, "-o", out, "--force", "--quiet", "--report",
+                                         args.work / "report.json", *ours], out, name, "mlx-report"))
                 if "ollama" in layouts:
                     runs.append(Run(f"stquant {name}, ollama layout",
                                     [stquant, "convert", model, "--layout", "ollama", "--name", "bench", "--models-dir",
@@ -179,13 +185,16 @@ def main():
                 speedup = mlx_lm_best / run.best if run.layout == "mlx" and mlx_lm_best else None
                 vs_mlx = run.best / mlx_best if run.layout == "ollama" and mlx_best else None
                 vs_cat = run.best / read_limit if read_limit and run is not runs[0] else None
+                plain = best_of("mlx")
+                vs_plain = run.best / plain if run.layout == "mlx-report" and plain else None
                 row = (size, cache, run.label, run.best, max(run.walls) - run.best, gb / run.best, run.rss, speedup,
                        vs_mlx, vs_cat, run.cpu)
                 rows.append(row)
                 print(f"  {run.label:<44} {run.best:7.2f} s (+{row[4]:.2f}, CPU {run.cpu:5.2f} s) {row[5]:6.2f} GB/s  "
                       f"RSS {run.rss / 2**20:7.1f} MiB" +
                       (f"  x{speedup:.1f} mlx_lm" if speedup else "") + (f"  {vs_mlx:.2f}x mlx layout" if vs_mlx else "") +
-                      (f"  {vs_cat:.2f}x cat" if vs_cat else ""), flush=True)
+                      (f"  {vs_cat:.2f}x cat" if vs_cat else "") +
+                      (f"  {vs_plain:.2f}x without --report" if vs_plain else ""), flush=True)
 
     if args.markdown:
         lines = [header, "", "| size | cache | run | best wall s | spread s | CPU s | GB/s of input | peak RSS MiB | "

@@ -16,6 +16,7 @@
 
 #include "stquant/dtype.h"
 #include "stquant/fp8_block.h"
+#include "stquant/quant_report.h"
 #include "stquant/quant_spec.h"
 #include "stquant/status.h"
 
@@ -76,6 +77,9 @@ struct ConvertOptions {
   // with this set, a model_type the table lacks gets the generic rules (every rank >= 2 .weight
   // treated as a Linear/Embedding weight, experts stacked into switch_mlp) and a warning.
   bool allow_unknown_architecture = false;
+  // --report: measure every quantized tensor's error in the conversion's pass
+  // (ConvertSummary::quant_errors, stquant/quant_report.h).
+  bool measure_quant_error = false;
 
   // Layout kOllama.
   std::string model_name;  // "foo", "me/foo:v1", "host/ns/foo:tag" (ollama-create-spec §9.3)
@@ -210,6 +214,7 @@ struct ConvertSummary {
   double seconds = 0.0;
   uint64_t peak_rss_bytes = 0;
   std::vector<std::string> warnings;  // the plan's (unknown architecture, index oddities, ...)
+  std::vector<TensorQuantError> quant_errors;  // ConvertOptions::measure_quant_error, in output order
   // Layout kOllama.
   std::string manifest_path;
   uint64_t layers = 0;

@@ -31,6 +31,10 @@ void RegisterMlxConvertCommand(CLI::App& app, Status* status);
 // progress bar and the summary.
 struct ConversionOutput {
   bool dry_run = false, json = false, quiet = false;
+  // --report FILE: the per-tensor quantization error as JSON (stquant/quant_report.h); --verbose:
+  // its short table after the summary.
+  std::string report;
+  bool verbose = false;
 };
 // Carries out (or with dry_run, plans) a conversion with convert's progress bar and summary;
 // shared by `convert` and `mlx-convert`.

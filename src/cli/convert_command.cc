@@ -32,6 +32,8 @@ struct ConvertCommandOptions {
   bool no_preflight = false;  // skip the free-space check of the preflight
   bool requantize = false;  // an already-quantized source: dequantize and quantize to -q
   bool allow_unknown_architecture = false;
+  std::string report;  // --report FILE.json
+  bool verbose = false;
 };
 
 // "5GiB", "500MiB", "2G", "123": binary units, as mlx-lm's 5 << 30.
@@ -136,7 +138,9 @@ std::string HumanBytes(double bytes) {
 
 }  // namespace
 
-Status RunConversion(const ConvertOptions& options, const ConversionOutput& o) {
+Status RunConversion(const ConvertOptions& given, const ConversionOutput& o) {
+  ConvertOptions options = given;
+  options.measure_quant_error = !o.report.empty() || o.verbose;
   if (o.dry_run) {
     STQ_ASSIGN_OR_RETURN(ConversionPlan plan, PlanConversion(options));
     const std::string text = o.json ? FormatPlanJson(plan) : FormatPlanText(plan);
@@ -195,6 +199,8 @@ Status RunConversion(const ConvertOptions& options, const ConversionOutput& o) {
     std::printf("  time       %.2f s, %s/s of input\n", s.seconds, HumanBytes(s.seconds > 0 ? s.input_bytes / s.seconds : 0).c_str());
     std::printf("  peak RSS   %s\n", HumanBytes(s.peak_rss_bytes).c_str());
   }
+  if (o.verbose) std::fputs(QuantReportTable(s.quant_errors).c_str(), stdout);
+  if (!o.report.empty()) STQ_RETURN_IF_ERROR(WriteQuantReport(s.quant_errors, o.report));
   return Status::Ok();
 }
 
@@ -202,7 +208,8 @@ namespace {
 
 Status RunConvert(const ConvertCommandOptions& o) {
   STQ_ASSIGN_OR_RETURN(ConvertOptions options, BuildOptions(o));
-  return RunConversion(options, {.dry_run = o.dry_run, .json = o.json, .quiet = o.quiet});
+  return RunConversion(options,
+                       {.dry_run = o.dry_run, .json = o.json, .quiet = o.quiet, .report = o.report, .verbose = o.verbose});
 }
 
 }  // namespace
@@ -262,6 +269,11 @@ void RegisterConvertCommand(CLI::App& app, Status* status) {
   cmd->add_flag("--dry-run", o->dry_run, "print the plan (every output tensor, its source and type) and sizes; write nothing");
   cmd->add_flag("--json", o->json, "with --dry-run: print the plan as JSON");
   cmd->add_flag("--quiet", o->quiet, "no progress bar and no summary");
+  cmd->add_option("--report", o->report,
+                  "write FILE.json: for every quantized tensor its type, bits per weight, relative RMSE and max abs "
+                  "error of the dequantized weights against the source, share of all-zero groups, and a flag when "
+                  "its error is far above the model's median (measured in the same pass)");
+  cmd->add_flag("-v,--verbose", o->verbose, "after the summary, the quantization error per type and the flagged tensors");
   cmd->callback([o, status] { *status = RunConvert(*o); });
 }
 

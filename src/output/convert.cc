@@ -179,6 +179,7 @@ Result<ConvertSummary> Convert(const ConvertOptions& options,
     }
   }
   output::ReadAhead read_ahead(std::move(source_ranges));
+  std::vector<TensorQuantError> quant_errors;
   for (size_t i = 0; i < plan.tensors.size(); ++i) {
     const PlannedTensor& t = plan.tensors[i];
     state.current = t.name;
@@ -199,7 +200,10 @@ Result<ConvertSummary> Convert(const ConvertOptions& options,
       const std::string base = ModulePath(t.name);
       output::QuantizedTargets targets{target(t.name), target(base + ".scales"), std::nullopt};
       if (ModeInfo(t.quant->mode).has_biases) targets.biases = target(base + ".biases");
+      std::optional<output::QuantErrorMeter> meter;
+      if (options.measure_quant_error) targets.error = &meter.emplace(t.name, *t.quant, rows.dtype);
       STQ_RETURN_IF_ERROR(output::QuantizeRowSource(rows, *t.quant, 0.0f, targets, options.threads, on_block));
+      if (meter) quant_errors.push_back(meter->Total());
     }
     ++state.tensors_done;
     if (progress) progress(state);
@@ -228,6 +232,7 @@ Result<ConvertSummary> Convert(const ConvertOptions& options,
   summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   summary.peak_rss_bytes = PeakRssBytes();
   summary.warnings = plan.warnings;
+  summary.quant_errors = std::move(quant_errors);
   return summary;
 }
 

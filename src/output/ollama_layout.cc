@@ -75,6 +75,11 @@ class Tally {
     std::lock_guard<std::mutex> lock(mu_);
     summary_.output_bytes += bytes;
   }
+  // --report: one quantized tensor's error (blobs finish in any order: sorted by name at the end).
+  void QuantError(TensorQuantError error) {
+    std::lock_guard<std::mutex> lock(mu_);
+    summary_.quant_errors.push_back(std::move(error));
+  }
 
  private:
   const std::function<void(const ConvertProgress&)>& callback_;
@@ -243,7 +248,10 @@ Status WriteTensorBlob(TensorBlobs& blobs, size_t slot, const model::Inventory& 
         }
         QuantizedTargets targets{target(name), target(name + ".scale"), std::nullopt};
         if (ModeInfo(t->quant->mode).has_biases) targets.biases = target(name + ".bias");
+        std::optional<QuantErrorMeter> meter;
+        if (options.measure_quant_error) targets.error = &meter.emplace(name, *t->quant, rows.dtype);
         status = QuantizeRowSource(rows, *t->quant, global_scale, targets, options.threads, on_block);
+        if (meter && status.ok()) tally.QuantError(meter->Total());
       }
       STQ_RETURN_IF_ERROR(tally.TensorDone(status, blob_name, name, t->quant.has_value()));
     }
@@ -714,6 +722,8 @@ Result<ConvertSummary> ConvertToOllamaStore(const ConvertOptions& given,
   summary.shards = 0;
   summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   summary.peak_rss_bytes = PeakRss();
+  std::sort(summary.quant_errors.begin(), summary.quant_errors.end(),
+            [](const TensorQuantError& a, const TensorQuantError& b) { return a.name < b.name; });
   return summary;
 }
 

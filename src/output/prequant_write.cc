@@ -588,6 +588,7 @@ Result<ConvertSummary> ConvertPrequantMlx(const ConvertOptions& options, const m
     if (progress) progress(state);
   };
   uint64_t quantized = 0;
+  std::vector<TensorQuantError> quant_errors;
   for (const OutTensor& o : outs) {
     state.current = o.name;
     if (o.copy) {
@@ -604,7 +605,10 @@ Result<ConvertSummary> ConvertPrequantMlx(const ConvertOptions& options, const m
       } else {
         QuantizedTargets targets{target(o.name), target(o.base + ".scales"), std::nullopt};
         if (ModeInfo(o.quant->mode).has_biases) targets.biases = target(o.base + ".biases");
+        std::optional<QuantErrorMeter> meter;
+        if (options.measure_quant_error) targets.error = &meter.emplace(o.name, *o.quant, rows.dtype);
         STQ_RETURN_IF_ERROR(QuantizeRowSource(rows, *o.quant, 0.0f, targets, options.threads, on_bytes));
+        if (meter) quant_errors.push_back(meter->Total());
         ++quantized;
       }
     }
@@ -656,6 +660,7 @@ Result<ConvertSummary> ConvertPrequantMlx(const ConvertOptions& options, const m
   struct rusage usage {};
   ::getrusage(RUSAGE_SELF, &usage);
   summary.peak_rss_bytes = static_cast<uint64_t>(usage.ru_maxrss) * 1024;
+  summary.quant_errors = std::move(quant_errors);
   return summary;
 }
 

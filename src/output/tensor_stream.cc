@@ -199,6 +199,11 @@ Status QuantizeRowSource(const RowSource& source, const QuantSpec& spec, float g
       }
       return status.Annotate(source.name);
     }
+    if (targets.error) {
+      STQ_RETURN_IF_ERROR(
+          targets.error->Add(first_element, input, {packed, scales, biases}, block.count, block.cols, global_scale)
+              .Annotate(source.name));
+    }
     auto packed_at = [&](int64_t row) { return row * packed_row_bytes + PackedWordsPerRow(spec, block.col) * 4; };
     auto scale_at = [&](int64_t row) { return row * scale_row_bytes + GroupsPerRow(spec, block.col) * scale_bytes; };
     STQ_RETURN_IF_ERROR(WriteBlockRows(targets.packed, source, block, reinterpret_cast<uint8_t*>(packed),

@@ -10,6 +10,7 @@
 #include <span>
 #include <string>
 
+#include "output/quant_error.h"
 #include "stquant/quant_spec.h"
 #include "stquant/quantize.h"
 #include "stquant/safetensors.h"
@@ -79,6 +80,7 @@ struct QuantizedTargets {
   WriteTarget packed;
   WriteTarget scales;
   std::optional<WriteTarget> biases;  // affine
+  QuantErrorMeter* error = nullptr;   // --report: measures what was written
 };
 
 // Writes the rows unchanged into `target`, on up to `threads` threads (0 = all cores).

@@ -50,39 +50,45 @@ Status DequantizeRows(const QuantSpec& spec, DType scale_dtype, ConstQuantizedBu
   const int64_t words_per_row = PackedWordsPerRow(spec, cols);
   const auto* fp_scales = static_cast<const uint8_t*>(in.scales);
   const float global_factor = global_scale / 2688.0f;
+  // The group's scale (and bias) once, then its elements: the arithmetic of each element is MLX's.
   for (int64_t r = 0; r < rows; ++r) {
     const uint32_t* words = in.packed + r * words_per_row;
     for (int64_t g = 0; g < groups_per_row; ++g) {
       const int64_t group_index = r * groups_per_row + g;
-      for (int j = 0; j < gs; ++j) {
-        const int64_t col = g * gs + j;
-        const uint8_t code = quant::UnpackCodeRef(words, col, spec.bits);
-        float value = 0.0f;
-        switch (spec.mode) {
-          case QuantMode::kAffine: {
-            // T(T(q * scale) + bias), then astype(out_dtype).
-            const float scale = quant::LoadElement(scale_dtype, in.scales, group_index);
-            const float bias = quant::LoadElement(scale_dtype, in.biases, group_index);
-            value = RoundTo(scale_dtype, RoundTo(scale_dtype, static_cast<float>(code) * scale) + bias);
-            break;
-          }
-          case QuantMode::kMxfp4:
-          case QuantMode::kMxfp8: {
-            // The power of two is computed in the output dtype (f16 under/overflows, spec §7).
-            const float scale = RoundTo(out_dtype, numeric::ExactPow2(fp_scales[group_index] - 127));
-            const float element = spec.mode == QuantMode::kMxfp4 ? numeric::E2M1ToFloat(code)
-                                                                  : quant::E4M3Decode(spec.profile, code);
-            value = RoundTo(out_dtype, element * scale);
-            break;
-          }
-          case QuantMode::kNvfp4: {
-            float scale = quant::E4M3Decode(spec.profile, fp_scales[group_index]);
-            if (spec.global_scale) scale = scale * global_factor;
-            value = RoundTo(out_dtype, numeric::E2M1ToFloat(code) * scale);
-            break;
-          }
+      const int64_t first = g * gs;
+      auto store = [&](auto element_value) {
+        for (int j = 0; j < gs; ++j) {
+          const uint8_t code = quant::UnpackCodeRef(words, first + j, spec.bits);
+          StoreElement(out_dtype, output, r * cols + first + j, element_value(code));
         }
-        StoreElement(out_dtype, output, r * cols + col, value);
+      };
+      switch (spec.mode) {
+        case QuantMode::kAffine: {
+          // T(T(q * scale) + bias), then astype(out_dtype).
+          const float scale = quant::LoadElement(scale_dtype, in.scales, group_index);
+          const float bias = quant::LoadElement(scale_dtype, in.biases, group_index);
+          store([&](uint8_t code) {
+            return RoundTo(scale_dtype, RoundTo(scale_dtype, static_cast<float>(code) * scale) + bias);
+          });
+          break;
+        }
+        case QuantMode::kMxfp4:
+        case QuantMode::kMxfp8: {
+          // The power of two is computed in the output dtype (f16 under/overflows, spec §7).
+          const float scale = RoundTo(out_dtype, numeric::ExactPow2(fp_scales[group_index] - 127));
+          store([&](uint8_t code) {
+            const float element =
+                spec.mode == QuantMode::kMxfp4 ? numeric::E2M1ToFloat(code) : quant::E4M3Decode(spec.profile, code);
+            return RoundTo(out_dtype, element * scale);
+          });
+          break;
+        }
+        case QuantMode::kNvfp4: {
+          float scale = quant::E4M3Decode(spec.profile, fp_scales[group_index]);
+          if (spec.global_scale) scale = scale * global_factor;
+          store([&](uint8_t code) { return RoundTo(out_dtype, numeric::E2M1ToFloat(code) * scale); });
+          break;
+        }
       }
     }
   }
