@@ -36,18 +36,20 @@ MODES = {"int4": (["-q", "int4"], ["-q"]), "mxfp4": (["-q", "mxfp4"], ["-q", "--
 
 def run_timed(cmd):
     """Runs cmd under /usr/bin/time -v; returns (wall seconds or None when it failed, CPU seconds
-    (user + system), peak RSS bytes). A failure (e.g. mlx_lm.convert killed for memory) is
+    (user + system), peak RSS bytes, bytes read from storage). A failure (e.g. mlx_lm.convert killed for memory) is
     reported, not fatal."""
     start = time.monotonic()
     proc = subprocess.run(["/usr/bin/time", "-v", *map(str, cmd)], capture_output=True, text=True)
     wall = time.monotonic() - start
     rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1)) * 1024
+    # Blocks read from storage (512 bytes each): the input read from disk when the cache is cold.
+    read = int(re.search(r"File system inputs: (\d+)", proc.stderr).group(1)) * 512
     cpu = sum(float(re.search(rf"{kind} time \(seconds\): ([0-9.]+)", proc.stderr).group(1)) for kind in ("User", "System"))
     if proc.returncode != 0 or "terminated by signal" in proc.stderr:
         print(f"  FAILED after {wall:.1f} s (peak RSS {rss / 2**30:.1f} GiB): {' '.join(map(str, cmd))}: "
               f"{proc.stderr.strip().splitlines()[0]}", flush=True)
-        return None, cpu, rss
-    return wall, cpu, rss
+        return None, cpu, rss, read
+    return wall, cpu, rss, read
 
 
 def drop_caches():
@@ -74,13 +76,14 @@ class Run:
 
     def __init__(self, label, cmd, output=None, mode=None, layout=None):
         self.label, self.cmd, self.output, self.mode, self.layout = label, cmd, output, mode, layout
-        self.walls, self.cpus, self.rss = [], [], 0
+        self.walls, self.cpus, self.rss, self.read = [], [], 0, 0
 
     def once(self, model, cache):
         if self.output:
             shutil.rmtree(self.output, ignore_errors=True)
         prepare(model, cache)
-        wall, cpu, rss = run_timed(self.cmd)
+        wall, cpu, rss, read = run_timed(self.cmd)
+        self.read = max(self.read, read)
         if self.output:
             shutil.rmtree(self.output, ignore_errors=True)
         if wall is not None:
@@ -113,6 +116,9 @@ def main():
                     "layout runs are added, interleaved with the others")
     ap.add_argument("--report", action="store_true",
                     help="also the mlx layout with --report (each quantized tensor's error measured in the same pass)")
+    ap.add_argument("--multi", action="store_true",
+                    help="also every --modes type in one run (-q a,b,.. -o 'DIR/{q}': one read of the input), "
+                         "against the separate mlx-layout runs of the same types")
     ap.add_argument("--markdown", type=Path, help="also write the table as markdown to this file")
     args = ap.parse_args()
 
@@ -170,6 +176,11 @@ def main():
                     runs.append(Run(f"baseline {name}, ollama layout",
                                     [args.baseline, "convert", model, "--layout", "ollama", "--name", "bench",
                                      "--models-dir", store, "--quiet", *ours], store, name, "ollama"))
+            if args.multi and "mlx" in layouts:
+                modes = args.modes.split(",")
+                runs.append(Run(f"stquant {','.join(modes)} in one pass, mlx layout",
+                                [stquant, "convert", model, "-o", args.work / "multi" / "{q}", "--force", "--quiet",
+                                 "-q", ",".join(modes)], args.work / "multi", None, "multi"))
             for _ in range(args.repeat):
                 for run in runs:
                     run.once(model, cache)
@@ -186,6 +197,9 @@ def main():
                 vs_mlx = run.best / mlx_best if run.layout == "ollama" and mlx_best else None
                 vs_cat = run.best / read_limit if read_limit and run is not runs[0] else None
                 plain = best_of("mlx")
+                separate = [r.best for r in runs if r.layout == "mlx"]
+                vs_separate = (run.best / sum(separate) if run.layout == "multi" and separate and None not in separate
+                               else None)
                 vs_plain = run.best / plain if run.layout == "mlx-report" and plain else None
                 row = (size, cache, run.label, run.best, max(run.walls) - run.best, gb / run.best, run.rss, speedup,
                        vs_mlx, vs_cat, run.cpu)
@@ -194,7 +208,9 @@ def main():
                       f"RSS {run.rss / 2**20:7.1f} MiB" +
                       (f"  x{speedup:.1f} mlx_lm" if speedup else "") + (f"  {vs_mlx:.2f}x mlx layout" if vs_mlx else "") +
                       (f"  {vs_cat:.2f}x cat" if vs_cat else "") +
-                      (f"  {vs_plain:.2f}x without --report" if vs_plain else ""), flush=True)
+                      (f"  {vs_plain:.2f}x without --report" if vs_plain else "") +
+                      (f"  {vs_separate:.2f}x the {len(separate)} separate runs" if vs_separate else "") +
+                      (f"  read {run.read / 1e9:.2f} GB from storage" if cache == "cold" else ""), flush=True)
 
     if args.markdown:
         lines = [header, "", "| size | cache | run | best wall s | spread s | CPU s | GB/s of input | peak RSS MiB | "

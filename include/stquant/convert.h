@@ -226,4 +226,14 @@ struct ConvertSummary {
 Result<ConvertSummary> Convert(const ConvertOptions& options,
                                const std::function<void(const ConvertProgress&)>& progress = nullptr);
 
+// Several outputs of one source (`-q int4,nvfp4 -o 'out-{q}'`): each byte-identical to its own
+// Convert, in one summary each, in order. Outputs of the mlx layout whose plans read the same rows
+// (they differ only in quantization) are written in one pass over the source: each block is read
+// once and fed to every output. Otherwise (the ollama layout, an already-quantized source) they
+// are converted one after the other. In one pass, every output is planned and preflighted before
+// any byte is written, and an error leaves none of them (each is renamed into place only when all
+// are written); one after the other, the outputs completed before an error stay.
+Result<std::vector<ConvertSummary>> ConvertMany(const std::vector<ConvertOptions>& outputs,
+                                                const std::function<void(const ConvertProgress&)>& progress = nullptr);
+
 }  // namespace stquant

@@ -7,6 +7,10 @@
 // normal output to stdout and never throw.
 #pragma once
 
+#include <string>
+#include <string_view>
+#include <vector>
+
 #include <CLI/CLI.hpp>
 
 #include "stquant/convert.h"
@@ -38,6 +42,12 @@ struct ConversionOutput {
 };
 // Carries out (or with dry_run, plans) a conversion with convert's progress bar and summary;
 // shared by `convert` and `mlx-convert`.
-Status RunConversion(const ConvertOptions& options, const ConversionOutput& output);
+// Several outputs (-q int4,nvfp4 -o 'out-{q}') are converted together (ConvertMany).
+Status RunConversion(const std::vector<ConvertOptions>& outputs, const ConversionOutput& output);
+
+// The placeholder of -o / --name / --report replaced by each output's type.
+inline constexpr std::string_view kTypePlaceholder = "{q}";
+// `pattern` with every {q} replaced by `type`.
+std::string WithType(std::string pattern, const std::string& type);
 
 }  // namespace stquant::cli

@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include <fmt/format.h>
+
 #include "commands.h"
 #include "quant_args.h"
 #include "stquant/convert.h"
@@ -138,43 +140,9 @@ std::string HumanBytes(double bytes) {
 
 }  // namespace
 
-Status RunConversion(const ConvertOptions& given, const ConversionOutput& o) {
-  ConvertOptions options = given;
-  options.measure_quant_error = !o.report.empty() || o.verbose;
-  if (o.dry_run) {
-    STQ_ASSIGN_OR_RETURN(ConversionPlan plan, PlanConversion(options));
-    const std::string text = o.json ? FormatPlanJson(plan) : FormatPlanText(plan);
-    std::fwrite(text.data(), 1, text.size(), stdout);
-    return Status::Ok();
-  }
-  if (options.requantize && options.quant) {
-    std::fprintf(stderr, "stquant: warning: --requantize: the quantized source is dequantized and quantized again to "
-                         "%s; this loses accuracy compared with a lossless import (no -q)\n",
-                 QuantTypeName(*options.quant).c_str());
-  }
-  const bool tty = !o.quiet && ::isatty(STDERR_FILENO);
-  const auto start = std::chrono::steady_clock::now();
-  auto last = start;
-  auto progress = [&](const ConvertProgress& p) {
-    const auto now = std::chrono::steady_clock::now();
-    if (now - last < std::chrono::milliseconds(200) && p.tensors_done != p.tensors_total) return;
-    last = now;
-    const double seconds = std::chrono::duration<double>(now - start).count();
-    const double rate = seconds > 0 ? p.bytes_done / seconds : 0;
-    const double fraction = p.bytes_total ? static_cast<double>(p.bytes_done) / p.bytes_total : 1.0;
-    const double eta = rate > 0 ? (p.bytes_total - p.bytes_done) / rate : 0;
-    const int width = 30;
-    const int filled = static_cast<int>(std::round(fraction * width));
-    std::fprintf(stderr, "\r[%s%s] %3.0f%%  %llu/%llu tensors  %s/%s  %s/s  ETA %.0fs \x1b[K",
-                 std::string(filled, '#').c_str(), std::string(width - filled, '.').c_str(), fraction * 100,
-                 static_cast<unsigned long long>(p.tensors_done), static_cast<unsigned long long>(p.tensors_total),
-                 HumanBytes(p.bytes_done).c_str(), HumanBytes(p.bytes_total).c_str(), HumanBytes(rate).c_str(), eta);
-    std::fflush(stderr);
-  };
-  Result<ConvertSummary> result = tty ? Convert(options, progress) : Convert(options);
-  if (tty) std::fprintf(stderr, "\n");
-  if (!result.ok()) return result.status();
-  const ConvertSummary& s = *result;
+namespace {
+
+Status PrintSummary(const ConvertOptions& options, const ConvertSummary& s, const ConversionOutput& o) {
   for (const std::string& warning : s.warnings) std::fprintf(stderr, "stquant: warning: %s\n", warning.c_str());
   if (!o.quiet) {
     const double bpw = s.parameters ? 8.0 * s.output_bytes / s.parameters : 0.0;
@@ -200,15 +168,106 @@ Status RunConversion(const ConvertOptions& given, const ConversionOutput& o) {
     std::printf("  peak RSS   %s\n", HumanBytes(s.peak_rss_bytes).c_str());
   }
   if (o.verbose) std::fputs(QuantReportTable(s.quant_errors).c_str(), stdout);
-  if (!o.report.empty()) STQ_RETURN_IF_ERROR(WriteQuantReport(s.quant_errors, o.report));
+  if (!o.report.empty()) {
+    STQ_RETURN_IF_ERROR(WriteQuantReport(s.quant_errors, WithType(o.report, options.quant ? QuantTypeName(*options.quant) : "")));
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+std::string WithType(std::string pattern, const std::string& type) {
+  for (size_t at = pattern.find(kTypePlaceholder); at != std::string::npos; at = pattern.find(kTypePlaceholder, at)) {
+    pattern.replace(at, kTypePlaceholder.size(), type);
+    at += type.size();
+  }
+  return pattern;
+}
+
+Status RunConversion(const std::vector<ConvertOptions>& given, const ConversionOutput& o) {
+  std::vector<ConvertOptions> outputs = given;
+  for (ConvertOptions& options : outputs) options.measure_quant_error = !o.report.empty() || o.verbose;
+  if (o.dry_run) {
+    for (const ConvertOptions& options : outputs) {
+      STQ_ASSIGN_OR_RETURN(ConversionPlan plan, PlanConversion(options));
+      const std::string text = o.json ? FormatPlanJson(plan) : FormatPlanText(plan);
+      std::fwrite(text.data(), 1, text.size(), stdout);
+    }
+    return Status::Ok();
+  }
+  for (const ConvertOptions& options : outputs) {
+    if (options.requantize && options.quant) {
+      std::fprintf(stderr, "stquant: warning: --requantize: the quantized source is dequantized and quantized again to "
+                           "%s; this loses accuracy compared with a lossless import (no -q)\n",
+                   QuantTypeName(*options.quant).c_str());
+    }
+  }
+  const bool tty = !o.quiet && ::isatty(STDERR_FILENO);
+  const auto start = std::chrono::steady_clock::now();
+  auto last = start;
+  auto progress = [&](const ConvertProgress& p) {
+    const auto now = std::chrono::steady_clock::now();
+    if (now - last < std::chrono::milliseconds(200) && p.tensors_done != p.tensors_total) return;
+    last = now;
+    const double seconds = std::chrono::duration<double>(now - start).count();
+    const double rate = seconds > 0 ? p.bytes_done / seconds : 0;
+    const double fraction = p.bytes_total ? static_cast<double>(p.bytes_done) / p.bytes_total : 1.0;
+    const double eta = rate > 0 ? (p.bytes_total - p.bytes_done) / rate : 0;
+    const int width = 30;
+    const int filled = static_cast<int>(std::round(fraction * width));
+    std::fprintf(stderr, "\r[%s%s] %3.0f%%  %llu/%llu tensors  %s/%s  %s/s  ETA %.0fs \x1b[K",
+                 std::string(filled, '#').c_str(), std::string(width - filled, '.').c_str(), fraction * 100,
+                 static_cast<unsigned long long>(p.tensors_done), static_cast<unsigned long long>(p.tensors_total),
+                 HumanBytes(p.bytes_done).c_str(), HumanBytes(p.bytes_total).c_str(), HumanBytes(rate).c_str(), eta);
+    std::fflush(stderr);
+  };
+  Result<std::vector<ConvertSummary>> results = tty ? ConvertMany(outputs, progress) : ConvertMany(outputs);
+  if (tty) std::fprintf(stderr, "\n");
+  if (!results.ok()) return results.status();
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    STQ_RETURN_IF_ERROR(PrintSummary(outputs[i], (*results)[i], o));
+  }
   return Status::Ok();
 }
 
 namespace {
 
+// -q int4,nvfp4: one output per type, the {q} of -o / --name / --report replaced by the type.
+Result<std::vector<ConvertOptions>> OutputsOf(const ConvertCommandOptions& o) {
+  std::vector<std::string> types;
+  for (size_t start = 0; start <= o.quant.type.size() && !o.quant.type.empty();) {
+    const size_t comma = std::min(o.quant.type.find(',', start), o.quant.type.size());
+    types.push_back(o.quant.type.substr(start, comma - start));
+    start = comma + 1;
+  }
+  const std::string& target = o.layout == "ollama" ? o.name : o.output;
+  const bool placeholder = target.find(kTypePlaceholder) != std::string::npos;
+  if (types.size() > 1 && !placeholder) {
+    return Status::InvalidArgument(fmt::format("-q lists {} types: give {} a {{q}} placeholder (e.g. {}), one output per type",
+                                               types.size(), o.layout == "ollama" ? "--name" : "-o",
+                                               o.layout == "ollama" ? "--name 'mymodel:{q}'" : "-o 'out-{q}'"));
+  }
+  if (types.size() > 1 && !o.report.empty() && o.report.find(kTypePlaceholder) == std::string::npos) {
+    return Status::InvalidArgument("-q lists several types: give --report a {q} placeholder too (one report per output)");
+  }
+  if (placeholder && types.empty()) return Status::InvalidArgument("{q} in the output needs -q TYPE");
+  std::vector<ConvertOptions> outputs;
+  if (types.empty()) types.push_back("");
+  for (const std::string& type : types) {
+    if (types.size() > 1 && type.empty()) return Status::InvalidArgument("-q '" + o.quant.type + "': an empty type");
+    ConvertCommandOptions one = o;
+    one.quant.type = type;
+    one.output = WithType(o.output, type);
+    one.name = WithType(o.name, type);
+    STQ_ASSIGN_OR_RETURN(ConvertOptions options, BuildOptions(one));
+    outputs.push_back(std::move(options));
+  }
+  return outputs;
+}
+
 Status RunConvert(const ConvertCommandOptions& o) {
-  STQ_ASSIGN_OR_RETURN(ConvertOptions options, BuildOptions(o));
-  return RunConversion(options,
+  STQ_ASSIGN_OR_RETURN(std::vector<ConvertOptions> outputs, OutputsOf(o));
+  return RunConversion(outputs,
                        {.dry_run = o.dry_run, .json = o.json, .quiet = o.quiet, .report = o.report, .verbose = o.verbose});
 }
 

@@ -38,7 +38,7 @@ void RegisterMlxConvertCommand(CLI::App& app, Status* status) {
                 "Trust remote code when loading tokenizer (accepted; stquant runs no model code).");
   cmd->callback([args, status] {
     Result<ConvertOptions> options = MlxConvertOptions(*args);
-    *status = options.ok() ? RunConversion(*options, {}) : options.status();
+    *status = options.ok() ? RunConversion({*options}, {}) : options.status();
   });
 }
 

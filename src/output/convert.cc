@@ -135,38 +135,116 @@ Result<ConversionPlan> PlanConversion(const ConvertOptions& options) {
   return std::move(context.plan);
 }
 
-Result<ConvertSummary> Convert(const ConvertOptions& options,
-                               const std::function<void(const ConvertProgress&)>& progress) {
-  if (options.layout == OutputLayout::kOllama) return output::ConvertToOllamaStore(options, progress);
-  const auto start = std::chrono::steady_clock::now();
-  STQ_ASSIGN_OR_RETURN(model::PlanContext context, model::BuildPlan(options));
-  STQ_RETURN_IF_ERROR(output::Preflight(options, &context, output::ProjectMlxOutput(options, context)));
-  if (context.prequant) return output::ConvertPrequantMlx(options, context, progress);  // already quantized
-  const Inventory& inv = *context.inventory;
-  const ConversionPlan& plan = context.plan;
+namespace {
 
-  STQ_ASSIGN_OR_RETURN(output::OutputDir dir, output::OutputDir::Create(options.output_dir, options.force));
-  std::vector<OutputTensor> tensors = OutputTensors(plan);
-  const int shard_count = AssignShards(tensors, options.shard_bytes);
-
-  // Every shard's header is written first (all sizes are known), then tensors stream in.
+// One mlx-layout output being written: its plan, its temporary directory and shard writers.
+struct MlxOutput {
+  const ConvertOptions* options = nullptr;
+  model::PlanContext context;
+  std::optional<output::OutputDir> dir;
+  std::vector<OutputTensor> tensors;
+  int shard_count = 0;
   std::vector<std::unique_ptr<Writer>> writers;
-  for (int s = 0; s < shard_count; ++s) {
+  std::map<std::string, const OutputTensor*> by_name;
+  std::vector<TensorQuantError> quant_errors;
+
+  output::WriteTarget Target(const std::string& name) const {
+    Writer* w = writers[by_name.at(name)->shard].get();
+    return output::WriteTarget{w, *w->IndexOf(name)};
+  }
+};
+
+// Creates the temporary directory and every shard's header (all sizes are known), so that tensors
+// can stream in.
+Status OpenMlxOutput(MlxOutput& out) {
+  STQ_ASSIGN_OR_RETURN(output::OutputDir dir, output::OutputDir::Create(out.options->output_dir, out.options->force));
+  out.dir.emplace(std::move(dir));
+  out.tensors = OutputTensors(out.context.plan);
+  out.shard_count = AssignShards(out.tensors, out.options->shard_bytes);
+  for (int s = 0; s < out.shard_count; ++s) {
     std::vector<TensorDecl> decls;
-    for (const OutputTensor& t : tensors) {
+    for (const OutputTensor& t : out.tensors) {
       if (t.shard == s) decls.push_back(t.decl);
     }
     STQ_ASSIGN_OR_RETURN(std::unique_ptr<Writer> writer,
-                         Writer::Create(dir.PathOf(output::MlxShardName(s, shard_count)), std::move(decls),
+                         Writer::Create(out.dir->PathOf(output::MlxShardName(s, out.shard_count)), std::move(decls),
                                         std::map<std::string, std::string>{{"format", "mlx"}}));
-    writers.push_back(std::move(writer));
+    out.writers.push_back(std::move(writer));
   }
-  std::map<std::string, const OutputTensor*> by_name;
-  for (const OutputTensor& t : tensors) by_name[t.decl.name] = &t;
-  auto target = [&](const std::string& name) {
-    Writer* w = writers[by_name.at(name)->shard].get();
-    return output::WriteTarget{w, *w->IndexOf(name)};
-  };
+  for (const OutputTensor& t : out.tensors) out.by_name[t.decl.name] = &t;
+  return Status::Ok();
+}
+
+// The shards committed, then the index, config.json and copied files; the directory renamed into
+// place.
+Status FinishMlxOutput(MlxOutput& out) {
+  const Inventory& inv = *out.context.inventory;
+  const ConversionPlan& plan = out.context.plan;
+  for (auto& writer : out.writers) STQ_RETURN_IF_ERROR(writer->Commit());
+  nlohmann::json index;
+  index["metadata"] = {{"total_size", plan.output_bytes}, {"total_parameters", plan.parameters}};
+  index["weight_map"] = nlohmann::json::object();
+  for (const OutputTensor& t : out.tensors) {
+    index["weight_map"][t.decl.name] = output::MlxShardName(t.shard, out.shard_count);
+  }
+  STQ_RETURN_IF_ERROR(output::WriteFileAtomically(out.dir->PathOf("model.safetensors.index.json"), index.dump(4) + "\n"));
+  STQ_ASSIGN_OR_RETURN(std::string config, OutputConfig(inv, plan));
+  STQ_RETURN_IF_ERROR(output::WriteFileAtomically(out.dir->PathOf("config.json"), config));
+  for (const std::string& file : plan.copied_files) {
+    STQ_RETURN_IF_ERROR(output::CopyFileAtomically(inv.path() + "/" + file, out.dir->PathOf(file)));
+  }
+  return out.dir->Commit();
+}
+
+ConvertSummary SummaryOf(MlxOutput& out, std::chrono::steady_clock::time_point start) {
+  const ConversionPlan& plan = out.context.plan;
+  ConvertSummary summary;
+  summary.input_bytes = plan.input_bytes;
+  summary.output_bytes = plan.output_bytes;
+  summary.parameters = plan.parameters;
+  summary.tensors = out.tensors.size();
+  for (const PlannedTensor& t : plan.tensors) summary.quantized_tensors += t.quant.has_value();
+  summary.shards = out.shard_count;
+  summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  summary.peak_rss_bytes = PeakRssBytes();
+  summary.warnings = plan.warnings;
+  summary.quant_errors = std::move(out.quant_errors);
+  return summary;
+}
+
+// Whether the outputs' plans read the same rows for every tensor, so that one read can feed them
+// all (they differ only in quantization).
+bool SameRows(const std::vector<MlxOutput>& outputs) {
+  const std::vector<PlannedTensor>& first = outputs.front().context.plan.tensors;
+  for (const MlxOutput& out : outputs) {
+    const std::vector<PlannedTensor>& tensors = out.context.plan.tensors;
+    if (tensors.size() != first.size()) return false;
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      const PlannedTensor &a = first[i], &b = tensors[i];
+      if (a.name != b.name || a.shape != b.shape || a.dtype != b.dtype || a.transform != b.transform ||
+          a.value_ops.size() != b.value_ops.size() || a.sources.size() != b.sources.size()) {
+        return false;
+      }
+      for (size_t j = 0; j < a.sources.size(); ++j) {
+        if (a.sources[j].tensor != b.sources[j].tensor || a.sources[j].view.offset != b.sources[j].view.offset ||
+            a.sources[j].view.shape != b.sources[j].view.shape || a.sources[j].view.strides != b.sources[j].view.strides) {
+          return false;
+        }
+      }
+    }
+  }
+  return true;
+}
+
+// Writes every output of `outputs` (planned from one source, SameRows) in one pass over the
+// source: each block of a tensor is read once and written to every output.
+Result<std::vector<ConvertSummary>> WriteMlxOutputs(std::vector<MlxOutput>& outputs,
+                                                    const std::function<void(const ConvertProgress&)>& progress,
+                                                    std::chrono::steady_clock::time_point start) {
+  for (MlxOutput& out : outputs) STQ_RETURN_IF_ERROR(OpenMlxOutput(out));
+  const ConvertOptions& options = *outputs.front().options;
+  const Inventory& inv = *outputs.front().context.inventory;
+  const ConversionPlan& plan = outputs.front().context.plan;
 
   ConvertProgress state;
   state.tensors_total = plan.tensors.size();
@@ -179,7 +257,6 @@ Result<ConvertSummary> Convert(const ConvertOptions& options,
     }
   }
   output::ReadAhead read_ahead(std::move(source_ranges));
-  std::vector<TensorQuantError> quant_errors;
   for (size_t i = 0; i < plan.tensors.size(); ++i) {
     const PlannedTensor& t = plan.tensors[i];
     state.current = t.name;
@@ -194,46 +271,88 @@ Result<ConvertSummary> Convert(const ConvertOptions& options,
       read_ahead.ConsumedUpTo(state.bytes_done);
       if (progress) progress(state);
     };
-    if (!t.quant) {
-      STQ_RETURN_IF_ERROR(output::CopyRows(rows, target(t.name), options.threads, on_block));
-    } else {
-      const std::string base = ModulePath(t.name);
-      output::QuantizedTargets targets{target(t.name), target(base + ".scales"), std::nullopt};
-      if (ModeInfo(t.quant->mode).has_biases) targets.biases = target(base + ".biases");
-      std::optional<output::QuantErrorMeter> meter;
-      if (options.measure_quant_error) targets.error = &meter.emplace(t.name, *t.quant, rows.dtype);
-      STQ_RETURN_IF_ERROR(output::QuantizeRowSource(rows, *t.quant, 0.0f, targets, options.threads, on_block));
-      if (meter) quant_errors.push_back(meter->Total());
+    std::vector<output::RowDestination> destinations;
+    std::vector<std::optional<output::QuantErrorMeter>> meters(outputs.size());
+    for (size_t o = 0; o < outputs.size(); ++o) {
+      const MlxOutput& out = outputs[o];
+      const PlannedTensor& planned = out.context.plan.tensors[i];
+      output::RowDestination d;
+      if (!planned.quant) {
+        d.copy = out.Target(planned.name);
+      } else {
+        const std::string base = ModulePath(planned.name);
+        d.spec = *planned.quant;
+        d.quantized = {out.Target(planned.name), out.Target(base + ".scales"), std::nullopt};
+        if (ModeInfo(planned.quant->mode).has_biases) d.quantized.biases = out.Target(base + ".biases");
+        if (out.options->measure_quant_error) d.quantized.error = &meters[o].emplace(planned.name, *planned.quant, rows.dtype);
+      }
+      destinations.push_back(d);
+    }
+    STQ_RETURN_IF_ERROR(output::WriteRows(rows, destinations, options.threads, on_block));
+    for (size_t o = 0; o < outputs.size(); ++o) {
+      if (meters[o]) outputs[o].quant_errors.push_back(meters[o]->Total());
     }
     ++state.tensors_done;
     if (progress) progress(state);
   }
-  for (auto& writer : writers) STQ_RETURN_IF_ERROR(writer->Commit());
-
-  nlohmann::json index;
-  index["metadata"] = {{"total_size", plan.output_bytes}, {"total_parameters", plan.parameters}};
-  index["weight_map"] = nlohmann::json::object();
-  for (const OutputTensor& t : tensors) index["weight_map"][t.decl.name] = output::MlxShardName(t.shard, shard_count);
-  STQ_RETURN_IF_ERROR(output::WriteFileAtomically(dir.PathOf("model.safetensors.index.json"), index.dump(4) + "\n"));
-  STQ_ASSIGN_OR_RETURN(std::string config, OutputConfig(inv, plan));
-  STQ_RETURN_IF_ERROR(output::WriteFileAtomically(dir.PathOf("config.json"), config));
-  for (const std::string& file : plan.copied_files) {
-    STQ_RETURN_IF_ERROR(output::CopyFileAtomically(inv.path() + "/" + file, dir.PathOf(file)));
+  for (MlxOutput& out : outputs) {
+    STQ_RETURN_IF_ERROR(FinishMlxOutput(out).Annotate(out.options->output_dir));
   }
-  STQ_RETURN_IF_ERROR(dir.Commit());
+  std::vector<ConvertSummary> summaries;
+  for (MlxOutput& out : outputs) summaries.push_back(SummaryOf(out, start));
+  return summaries;
+}
 
-  ConvertSummary summary;
-  summary.input_bytes = plan.input_bytes;
-  summary.output_bytes = plan.output_bytes;
-  summary.parameters = plan.parameters;
-  summary.tensors = tensors.size();
-  for (const PlannedTensor& t : plan.tensors) summary.quantized_tensors += t.quant.has_value();
-  summary.shards = shard_count;
-  summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  summary.peak_rss_bytes = PeakRssBytes();
-  summary.warnings = plan.warnings;
-  summary.quant_errors = std::move(quant_errors);
-  return summary;
+}  // namespace
+
+Result<ConvertSummary> Convert(const ConvertOptions& options,
+                               const std::function<void(const ConvertProgress&)>& progress) {
+  if (options.layout == OutputLayout::kOllama) return output::ConvertToOllamaStore(options, progress);
+  const auto start = std::chrono::steady_clock::now();
+  STQ_ASSIGN_OR_RETURN(model::PlanContext context, model::BuildPlan(options));
+  STQ_RETURN_IF_ERROR(output::Preflight(options, &context, output::ProjectMlxOutput(options, context)));
+  if (context.prequant) return output::ConvertPrequantMlx(options, context, progress);  // already quantized
+  std::vector<MlxOutput> outputs(1);
+  outputs[0].options = &options;
+  outputs[0].context = std::move(context);
+  STQ_ASSIGN_OR_RETURN(std::vector<ConvertSummary> summaries, WriteMlxOutputs(outputs, progress, start));
+  return std::move(summaries.front());
+}
+
+Result<std::vector<ConvertSummary>> ConvertMany(const std::vector<ConvertOptions>& outputs,
+                                                const std::function<void(const ConvertProgress&)>& progress) {
+  if (outputs.empty()) return Status::InvalidArgument("no output to convert to");
+  std::vector<ConvertSummary> summaries;
+  auto one_by_one = [&]() -> Result<std::vector<ConvertSummary>> {
+    for (const ConvertOptions& options : outputs) {
+      STQ_ASSIGN_OR_RETURN(ConvertSummary summary, Convert(options, progress));
+      summaries.push_back(std::move(summary));
+    }
+    return summaries;
+  };
+  const bool all_mlx = std::all_of(outputs.begin(), outputs.end(), [&](const ConvertOptions& o) {
+    return o.layout == OutputLayout::kMlx && o.source_dir == outputs.front().source_dir;
+  });
+  if (outputs.size() == 1 || !all_mlx) return one_by_one();
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    for (size_t j = 0; j < i; ++j) {
+      if (outputs[i].output_dir == outputs[j].output_dir) {
+        return Status::InvalidArgument(fmt::format("two outputs write '{}'", outputs[i].output_dir));
+      }
+    }
+  }
+  const auto start = std::chrono::steady_clock::now();
+  std::vector<MlxOutput> planned(outputs.size());
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    planned[i].options = &outputs[i];
+    STQ_ASSIGN_OR_RETURN(planned[i].context, model::BuildPlan(outputs[i]));
+    STQ_RETURN_IF_ERROR(output::Preflight(outputs[i], &planned[i].context,
+                                          output::ProjectMlxOutput(outputs[i], planned[i].context)));
+  }
+  // An already-quantized source is imported tensor by tensor in its own way: one output at a time.
+  const bool prequant = std::any_of(planned.begin(), planned.end(), [](const MlxOutput& o) { return o.context.prequant; });
+  if (prequant || !SameRows(planned)) return one_by_one();
+  return WriteMlxOutputs(planned, progress, start);
 }
 
 std::string FormatPlanText(const ConversionPlan& plan) {

@@ -143,17 +143,77 @@ int64_t GroupAlign(const QuantSpec& spec) { return std::lcm<int64_t>(spec.group_
 
 }  // namespace
 
-Status CopyRows(const RowSource& source, const WriteTarget& target, int threads,
-                const std::function<void(uint64_t)>& progress) {
+namespace {
+
+// Quantizes one block of `input` (the block's elements, as read) and writes its fields.
+Status QuantizeBlock(const RowSource& source, const QuantSpec& spec, float global_scale,
+                     const QuantizedTargets& targets, const RowBlock& block, const uint8_t* input) {
+  const int64_t cols = source.cols;
+  const int64_t packed_row_bytes = PackedWordsPerRow(spec, cols) * 4;
+  const int scale_bytes = ElementBytes(ScaleDType(spec, source.dtype));
+  const int64_t scale_row_bytes = GroupsPerRow(spec, cols) * scale_bytes;
+  const uint64_t packed_bytes = block.count * PackedWordsPerRow(spec, block.cols) * 4;
+  const uint64_t block_scale_bytes = block.count * GroupsPerRow(spec, block.cols) * scale_bytes;
+  auto* packed = reinterpret_cast<uint32_t*>(ScratchBuffer(1, packed_bytes));
+  uint8_t* scales = ScratchBuffer(2, block_scale_bytes);
+  uint8_t* biases = targets.biases ? ScratchBuffer(3, block_scale_bytes) : nullptr;
+  Status status =
+      QuantizeRows(spec, source.dtype, input, block.count, block.cols, global_scale, {packed, scales, biases});
+  const int64_t first_element = block.first * cols + block.col;
+  if (!status.ok()) {
+    if (status.code() == StatusCode::kInvalidInput) {
+      // The kernel counts elements from the start of the block: count from the tensor's start.
+      const int64_t bad = quant::FindNonFinite(source.dtype, input, block.elements());
+      if (bad >= 0) return quant::NonFiniteError(source.dtype, input, bad, first_element).Annotate(source.name);
+    }
+    return status.Annotate(source.name);
+  }
+  if (targets.error) {
+    STQ_RETURN_IF_ERROR(
+        targets.error->Add(first_element, input, {packed, scales, biases}, block.count, block.cols, global_scale)
+            .Annotate(source.name));
+  }
+  auto packed_at = [&](int64_t row) { return row * packed_row_bytes + PackedWordsPerRow(spec, block.col) * 4; };
+  auto scale_at = [&](int64_t row) { return row * scale_row_bytes + GroupsPerRow(spec, block.col) * scale_bytes; };
+  STQ_RETURN_IF_ERROR(WriteBlockRows(targets.packed, source, block, reinterpret_cast<uint8_t*>(packed),
+                                     packed_bytes / block.count, packed_at));
+  STQ_RETURN_IF_ERROR(WriteBlockRows(targets.scales, source, block, scales, block_scale_bytes / block.count, scale_at));
+  if (targets.biases) {
+    STQ_RETURN_IF_ERROR(WriteBlockRows(*targets.biases, source, block, biases, block_scale_bytes / block.count, scale_at));
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status WriteRows(const RowSource& source, std::span<const RowDestination> destinations, int threads,
+                 const std::function<void(uint64_t)>& progress) {
   // A zero-size tensor may declare any last dimension: allocate nothing for it.
   if (source.rows == 0) return Status::Ok();
-  return ForEachTask(source, 1, threads, progress, [&](const RowBlock& block) -> Status {
-    const uint64_t bytes = BytesOf(block.elements(), source.dtype);
-    std::span<uint8_t> piece(ScratchBuffer(0, bytes), bytes);
-    STQ_RETURN_IF_ERROR(source.read(block, piece.data()));
-    return WriteBlockRows(target, source, block, piece.data(), BytesOf(block.cols, source.dtype),
-                          [&](int64_t row) { return BytesOf(row * source.cols + block.col, source.dtype); });
+  int64_t col_align = 1;
+  for (const RowDestination& d : destinations) {
+    if (d.spec) col_align = std::lcm(col_align, GroupAlign(*d.spec));
+  }
+  return ForEachTask(source, col_align, threads, progress, [&](const RowBlock& block) -> Status {
+    uint8_t* input = ScratchBuffer(0, BytesOf(block.elements(), source.dtype));
+    STQ_RETURN_IF_ERROR(source.read(block, input));
+    for (const RowDestination& d : destinations) {
+      if (d.spec) {
+        STQ_RETURN_IF_ERROR(QuantizeBlock(source, *d.spec, d.global_scale, d.quantized, block, input));
+      } else {
+        STQ_RETURN_IF_ERROR(
+            WriteBlockRows(d.copy, source, block, input, BytesOf(block.cols, source.dtype),
+                           [&](int64_t row) { return BytesOf(row * source.cols + block.col, source.dtype); }));
+      }
+    }
+    return Status::Ok();
   });
+}
+
+Status CopyRows(const RowSource& source, const WriteTarget& target, int threads,
+                const std::function<void(uint64_t)>& progress) {
+  const RowDestination destination{.copy = target};
+  return WriteRows(source, {&destination, 1}, threads, progress);
 }
 
 Result<float> RowsAbsMax(const RowSource& source) {
@@ -175,45 +235,8 @@ Result<float> RowsAbsMax(const RowSource& source) {
 
 Status QuantizeRowSource(const RowSource& source, const QuantSpec& spec, float global_scale,
                          const QuantizedTargets& targets, int threads, const std::function<void(uint64_t)>& progress) {
-  if (source.rows == 0) return Status::Ok();
-  const int64_t cols = source.cols;
-  const int64_t packed_row_bytes = PackedWordsPerRow(spec, cols) * 4;
-  const int scale_bytes = ElementBytes(ScaleDType(spec, source.dtype));
-  const int64_t scale_row_bytes = GroupsPerRow(spec, cols) * scale_bytes;
-  return ForEachTask(source, GroupAlign(spec), threads, progress, [&](const RowBlock& block) -> Status {
-    const uint64_t packed_bytes = block.count * PackedWordsPerRow(spec, block.cols) * 4;
-    const uint64_t block_scale_bytes = block.count * GroupsPerRow(spec, block.cols) * scale_bytes;
-    uint8_t* input = ScratchBuffer(0, BytesOf(block.elements(), source.dtype));
-    auto* packed = reinterpret_cast<uint32_t*>(ScratchBuffer(1, packed_bytes));
-    uint8_t* scales = ScratchBuffer(2, block_scale_bytes);
-    uint8_t* biases = targets.biases ? ScratchBuffer(3, block_scale_bytes) : nullptr;
-    STQ_RETURN_IF_ERROR(source.read(block, input));
-    Status status =
-        QuantizeRows(spec, source.dtype, input, block.count, block.cols, global_scale, {packed, scales, biases});
-    const int64_t first_element = block.first * cols + block.col;
-    if (!status.ok()) {
-      if (status.code() == StatusCode::kInvalidInput) {
-        // The kernel counts elements from the start of the block: count from the tensor's start.
-        const int64_t bad = quant::FindNonFinite(source.dtype, input, block.elements());
-        if (bad >= 0) return quant::NonFiniteError(source.dtype, input, bad, first_element).Annotate(source.name);
-      }
-      return status.Annotate(source.name);
-    }
-    if (targets.error) {
-      STQ_RETURN_IF_ERROR(
-          targets.error->Add(first_element, input, {packed, scales, biases}, block.count, block.cols, global_scale)
-              .Annotate(source.name));
-    }
-    auto packed_at = [&](int64_t row) { return row * packed_row_bytes + PackedWordsPerRow(spec, block.col) * 4; };
-    auto scale_at = [&](int64_t row) { return row * scale_row_bytes + GroupsPerRow(spec, block.col) * scale_bytes; };
-    STQ_RETURN_IF_ERROR(WriteBlockRows(targets.packed, source, block, reinterpret_cast<uint8_t*>(packed),
-                                       packed_bytes / block.count, packed_at));
-    STQ_RETURN_IF_ERROR(WriteBlockRows(targets.scales, source, block, scales, block_scale_bytes / block.count, scale_at));
-    if (targets.biases) {
-      STQ_RETURN_IF_ERROR(WriteBlockRows(*targets.biases, source, block, biases, block_scale_bytes / block.count, scale_at));
-    }
-    return Status::Ok();
-  });
+  const RowDestination destination{.spec = spec, .global_scale = global_scale, .quantized = targets};
+  return WriteRows(source, {&destination, 1}, threads, progress);
 }
 
 Status DequantizeTensor(const safetensors::Reader& reader, const QuantizedSources& sources,

@@ -83,6 +83,21 @@ struct QuantizedTargets {
   QuantErrorMeter* error = nullptr;   // --report: measures what was written
 };
 
+// One output of a tensor's rows: unchanged into `copy` (spec nullopt), or quantized with `spec`
+// (and `global_scale`, nvfp4) into `quantized`.
+struct RowDestination {
+  std::optional<QuantSpec> spec;
+  float global_scale = 0.0f;
+  WriteTarget copy;
+  QuantizedTargets quantized;
+};
+
+// Reads each block of the rows once and writes it to every destination (several outputs of one
+// conversion), on up to `threads` threads (0 = all cores): each thread reads, quantizes and writes
+// its own blocks. Quantized destinations as QuantizeRowSource; `progress` as for CopyRows.
+Status WriteRows(const RowSource& source, std::span<const RowDestination> destinations, int threads,
+                 const std::function<void(uint64_t)>& progress = nullptr);
+
 // Writes the rows unchanged into `target`, on up to `threads` threads (0 = all cores).
 // `progress` (optional) gets the input bytes of each block, one call at a time.
 Status CopyRows(const RowSource& source, const WriteTarget& target, int threads,
