@@ -175,8 +175,8 @@ Status OpenMlxOutput(MlxOutput& out) {
   return Status::Ok();
 }
 
-// The shards committed, then the index, config.json and copied files; the directory renamed into
-// place.
+// The shards committed, then the index, config.json and copied files (the directory is renamed
+// into place by the caller).
 Status FinishMlxOutput(MlxOutput& out) {
   const Inventory& inv = *out.context.inventory;
   const ConversionPlan& plan = out.context.plan;
@@ -193,7 +193,7 @@ Status FinishMlxOutput(MlxOutput& out) {
   for (const std::string& file : plan.copied_files) {
     STQ_RETURN_IF_ERROR(output::CopyFileAtomically(inv.path() + "/" + file, out.dir->PathOf(file)));
   }
-  return out.dir->Commit();
+  return Status::Ok();
 }
 
 ConvertSummary SummaryOf(MlxOutput& out, std::chrono::steady_clock::time_point start) {
@@ -295,9 +295,8 @@ Result<std::vector<ConvertSummary>> WriteMlxOutputs(std::vector<MlxOutput>& outp
     ++state.tensors_done;
     if (progress) progress(state);
   }
-  for (MlxOutput& out : outputs) {
-    STQ_RETURN_IF_ERROR(FinishMlxOutput(out).Annotate(out.options->output_dir));
-  }
+  for (MlxOutput& out : outputs) STQ_RETURN_IF_ERROR(FinishMlxOutput(out).Annotate(out.options->output_dir));
+  for (MlxOutput& out : outputs) STQ_RETURN_IF_ERROR(out.dir->Commit());
   std::vector<ConvertSummary> summaries;
   for (MlxOutput& out : outputs) summaries.push_back(SummaryOf(out, start));
   return summaries;
